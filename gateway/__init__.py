@@ -1,0 +1,1 @@
+"""The HTTP front: validate, enqueue, relay tokens back as SSE."""

@@ -1,0 +1,101 @@
+"""create_app(settings): routes, middlewares, and the resources they share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateway import chat, state
+from gateway.errors import error_middleware
+from gateway.hub import Hub
+from gateway.metrics import GatewayMetrics, metrics_handler, metrics_middleware
+from gateway.models import ModelDirectory
+from gateway.openai_types import ModelCard, ModelList
+from gateway.settings import GatewaySettings
+from streamworker.connections import connect
+from streamworker.queue import Queue
+from streamworker.settings import QueueSettings, RedisSettings
+
+
+async def list_models(request: web.Request) -> web.Response:
+    st = state.of(request.app)
+    workers = await st.models.workers()
+    created: dict[str, int] = {}
+    for w in workers:
+        created[w.model] = min(created.get(w.model, w.started_at), w.started_at)
+    body = ModelList(data=[ModelCard(id=m, created=c // 1000) for m, c in sorted(created.items())])
+    return web.Response(body=msgspec.json.encode(body), content_type="application/json")
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process answers. No dependencies, by design."""
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: Redis answers and at least one live worker serves a model."""
+    st = state.of(request.app)
+    try:
+        await st.redis.ping()
+        workers = await st.models.workers()
+    except (RedisError, OSError) as exc:
+        return web.json_response(
+            {"status": "unavailable", "reason": f"redis: {type(exc).__name__}"}, status=503
+        )
+    if not st.hub.connected:
+        return web.json_response({"status": "unavailable", "reason": "pub/sub reconnecting"},
+                                 status=503)
+    if not workers:
+        return web.json_response({"status": "unavailable", "reason": "no live worker"},
+                                 status=503)
+    return web.json_response({
+        "status": "ready",
+        "models": sorted({w.model for w in workers}),
+        "workers": len(workers),
+        "capacity": sum(w.slots for w in workers),
+    })
+
+
+def create_app(
+    settings: GatewaySettings,
+    redis_settings: RedisSettings,
+    queue_settings: QueueSettings,
+) -> web.Application:
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        redis = connect(redis_settings)
+        hub = Hub(redis)
+        app[state.STATE] = state.GatewayState(
+            settings=settings, redis=redis, queue=Queue(redis, queue_settings), hub=hub,
+            models=ModelDirectory(redis), metrics=GatewayMetrics(),
+        )
+        listener = asyncio.create_task(hub.run(), name="pubsub-hub")
+        started = time.monotonic()
+        while not hub.connected and time.monotonic() - started < 5:
+            await asyncio.sleep(0.02)
+        try:
+            yield
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(listener, timeout=5)
+            await redis.aclose()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_post("/v1/chat/completions", chat.chat_completions)
+    app.router.add_post("/v1/completions", chat.completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics_handler)
+    return app

@@ -1,0 +1,134 @@
+"""A job's channel -> an ordered stream of events, each sequence number once.
+
+Pub/sub can drop messages (a late subscriber, a reconnect); the job's token
+log cannot. The relay forwards live token events, and whenever it sees a gap
+(a RESYNC from the hub, a first sequence number beyond the one it expects, or
+the end of the job) it reads the missing tokens from the log. Sequence numbers
+below the expected one are duplicates (a resent batch) and are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgspec
+
+from gateway.hub import RESYNC
+from streamworker.events import End, LogEntry, Status, Tokens, decode_event
+from streamworker.jobs import JobStatus
+from streamworker.queue import Queue
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    seq: int  # sequence number of the last token in this piece
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Nothing happened for a keep-alive interval."""
+
+    status: str
+
+
+Item = Text | Status | End | Idle
+
+
+class Relay:
+    def __init__(
+        self,
+        queue: Queue,
+        model: str,
+        job_id: str,
+        inbox: asyncio.Queue[bytes],
+        *,
+        start_seq: int = 0,
+        keepalive: float = 5.0,
+    ) -> None:
+        self.queue = queue
+        self.model = model
+        self.job_id = job_id
+        self.inbox = inbox
+        self.next_seq = start_seq
+        self.keepalive = keepalive
+        self.status = JobStatus.QUEUED.value
+
+    def _take(self, first: int, entries: list[LogEntry]) -> Text | None:
+        skip = self.next_seq - first
+        if skip >= len(entries) or skip < 0:
+            return None
+        fresh = entries[skip:]
+        self.next_seq = first + len(entries)
+        return Text(self.next_seq - 1, "".join(e.text for e in fresh))
+
+    async def _catch_up(self) -> Text | None:
+        entries = await self.queue.log(self.model, self.job_id, self.next_seq)
+        return self._take(self.next_seq, entries) if entries else None
+
+    async def _end_from_record(self) -> End | None:
+        record = await self.queue.record(self.model, self.job_id)
+        if record is None:
+            return End(status="failed", code="not_found", message="the job record is gone")
+        self.status = record.status.value
+        if not record.status.terminal:
+            return None
+        return End(
+            status=record.status.value,
+            finish_reason=record.finish_reason or None,
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.completion_tokens,
+            code={"failed": "job_failed", "expired": "timeout", "cancelled": "cancelled"}.get(
+                record.status.value
+            ),
+            message=record.error,
+        )
+
+    async def __aiter__(self) -> AsyncIterator[Item]:
+        # Whatever the log holds already (a resumed or duplicate request).
+        if (text := await self._catch_up()) is not None:
+            yield text
+        while True:
+            try:
+                raw = await asyncio.wait_for(self.inbox.get(), timeout=self.keepalive)
+            except TimeoutError:
+                # Silence: make sure we did not miss the end of the job.
+                end = await self._end_from_record()
+                if end is not None:
+                    if (text := await self._catch_up()) is not None:
+                        yield text
+                    yield end
+                    return
+                yield Idle(self.status)
+                continue
+            if raw == RESYNC:
+                if (text := await self._catch_up()) is not None:
+                    yield text
+                end = await self._end_from_record()
+                if end is not None:
+                    yield end
+                    return
+                continue
+            try:
+                event = decode_event(raw)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(event, Tokens):
+                if event.seq > self.next_seq:  # a gap: fill it from the log
+                    if (text := await self._catch_up()) is not None:
+                        yield text
+                    continue
+                if (text := self._take(event.seq, event.tokens)) is not None:
+                    yield text
+            elif isinstance(event, Status):
+                self.status = event.status
+                yield event
+            else:
+                # The log is complete once the job ended: send what is missing.
+                if (text := await self._catch_up()) is not None:
+                    yield text
+                self.status = event.status
+                yield event
+                return

@@ -1,0 +1,45 @@
+# streamworker recipes. On a fresh machine run them through `sh ops/dev.sh <recipe>`,
+# which installs what is missing first.
+
+set dotenv-load := false
+
+python := ".venv/bin/python"
+redis_port := env("REDIS_PORT", "6399")
+
+# list recipes
+default:
+    @just --list
+
+# install redis-server (if missing), the venv and the project
+setup:
+    sh ops/dev.sh --list >/dev/null
+
+# redis + one worker on the bundled model + the gateway, then a streamed answer
+demo *args:
+    {{python}} ops/demo.py {{args}}
+
+# the whole test suite (real redis-server, gateway, workers, bundled model)
+test *args:
+    {{python}} -m pytest -q {{args}}
+
+# lint and format check
+lint:
+    {{python}} -m ruff check .
+    {{python}} -m ruff format --check .
+
+# a private redis-server with the project's redis.conf in .run/redis
+redis:
+    mkdir -p .run/redis
+    redis-server redis.conf --port {{redis_port}} --dir {{justfile_directory()}}/.run/redis
+
+# the gateway (REDIS_URL, GATEWAY_PORT, ... from the environment)
+gateway:
+    {{python}} -m gateway
+
+# a worker (ENGINE, MODEL_PATH, WORKER_CONCURRENCY, ... from the environment)
+worker:
+    {{python}} -m streamworker run
+
+# queue state: streams, groups, consumers, pending entries, workers
+inspect:
+    {{python}} -m streamworker inspect

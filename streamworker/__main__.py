@@ -1,0 +1,126 @@
+"""python -m streamworker [run | inspect | dead list | dead replay ID | capacity]"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import anyio
+
+from streamworker import capacity as capacity_mod
+from streamworker.connections import connect
+from streamworker.engines import load_engine
+from streamworker.logs import setup_logging
+from streamworker.metrics import WorkerMetrics
+from streamworker.queue import Queue
+from streamworker.registry import Registry
+from streamworker.settings import (
+    EngineSettings,
+    QueueSettings,
+    RedisSettings,
+    SettingsError,
+    WorkerSettings,
+    from_env,
+)
+from streamworker.worker import Worker
+
+log = logging.getLogger("streamworker")
+
+
+async def run_worker(
+    redis_settings: RedisSettings,
+    queue_settings: QueueSettings,
+    engine_settings: EngineSettings,
+    worker_settings: WorkerSettings,
+) -> None:
+    cap = capacity_mod.resolve(worker_settings.worker_concurrency)
+    log.info("capacity: %d slot(s) on %s (%s)", cap.slots, cap.gpu, cap.reason)
+    engine_settings.slots = cap.slots
+    engine = await anyio.to_thread.run_sync(load_engine, engine_settings)
+    metrics = WorkerMetrics()
+    metrics.capacity.set(cap.slots)
+    metrics.serve(worker_settings.worker_metrics_host, worker_settings.worker_metrics_port)
+    redis = connect(redis_settings)
+    queue = Queue(redis, queue_settings)
+    registry = Registry(redis, interval=worker_settings.worker_heartbeat_seconds, gpu=cap.gpu,
+                        engine=engine_settings.engine)
+    worker = Worker(
+        queue, engine, model=engine_settings.model_name, consumer=worker_settings.name(),
+        slots=cap.slots, block_ms=worker_settings.worker_block_ms,
+        shutdown_grace=worker_settings.worker_shutdown_grace_seconds,
+        metrics=metrics, registry=registry,
+    )
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+
+        async def signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                async for signum in received:
+                    log.info("received %s: draining", signal.Signals(signum).name)
+                    stop.set()
+                    return
+
+        tg.start_soon(signals)
+        log.info("worker %s serving %s with engine %s", worker.consumer, worker.model,
+                 engine_settings.engine)
+        await worker.run(stop=stop)
+        tg.cancel_scope.cancel()
+    await redis.aclose()
+    engine.close()
+    log.info("worker %s stopped after %d job(s)", worker.consumer, worker.jobs_done)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streamworker", description=__doc__)
+    parser.add_argument("--redis-url", help="REDIS_URL")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run a worker (the default)")
+    run.add_argument("--engine", help="ENGINE: llama, batched or echo")
+    run.add_argument("--model-path", help="MODEL_PATH")
+    run.add_argument("--model-name", help="MODEL_NAME")
+    run.add_argument("--concurrency", help="WORKER_CONCURRENCY")
+    run.add_argument("--name", help="WORKER_NAME")
+    sub.add_parser("inspect", help="streams, groups, consumers, pending, workers")
+    sub.add_parser("capacity", help="how WORKER_CONCURRENCY=auto would size this host")
+    dead = sub.add_parser("dead", help="dead-lettered jobs")
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True)
+    dead_list = dead_sub.add_parser("list")
+    dead_list.add_argument("--model")
+    replay = dead_sub.add_parser("replay")
+    replay.add_argument("entry_ids", nargs="+", help="dead-letter entry ids (or 'all')")
+    replay.add_argument("--model")
+    args = parser.parse_args(argv)
+    command = args.command or "run"
+    try:
+        redis_settings = from_env(RedisSettings, redis_url=args.redis_url)
+        queue_settings = from_env(QueueSettings)
+        if command == "run":
+            engine_settings = from_env(
+                EngineSettings,
+                engine=getattr(args, "engine", None),
+                model_path=getattr(args, "model_path", None),
+                model_name=getattr(args, "model_name", None),
+            )
+            worker_settings = from_env(
+                WorkerSettings,
+                worker_concurrency=getattr(args, "concurrency", None),
+                worker_name=getattr(args, "name", None),
+            )
+            capacity_mod.resolve(worker_settings.worker_concurrency)
+    except (SettingsError, ValueError) as exc:
+        print(f"streamworker: bad setting: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("streamworker")
+    if command == "run":
+        anyio.run(run_worker, redis_settings, queue_settings, engine_settings, worker_settings,
+                  backend_options={"use_uvloop": True})
+        return 0
+    from streamworker import cli
+
+    return anyio.run(cli.dispatch, args, redis_settings, queue_settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The engine protocol every worker talks to, and the pieces engines share.
+
+An engine turns (messages, params, resume prefix) into a stream of `Piece`s and
+one final `Done`. Generation is blocking C code, so it never runs on the event
+loop: single-sequence engines run a plain generator in a thread
+(`ThreadedEngine`), the batched engine runs one decode loop thread for all of
+its sequences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Protocol
+
+import anyio
+import msgspec
+
+
+class EngineError(Exception):
+    """The engine could not run this request (bad prompt, engine fault)."""
+
+
+class ContextLengthExceeded(EngineError):
+    """Prompt plus max_tokens does not fit the model's context."""
+
+
+class Message(msgspec.Struct, frozen=True):
+    role: str
+    content: str
+
+
+class GenerationParams(msgspec.Struct, frozen=True):
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+class Piece(msgspec.Struct, frozen=True, array_like=True):
+    """One generated token and the text it releases (may be empty: a partial
+    UTF-8 character, or text held back because it may start a stop string)."""
+
+    token: int
+    text: str
+
+
+class Done(msgspec.Struct, frozen=True):
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+
+
+class Engine(Protocol):
+    model_name: str
+    slots: int  # sequences this engine can decode at once
+
+    def generate(
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        resume: Sequence[Piece],
+        cancel: threading.Event,
+    ) -> AsyncIterator[Piece | Done]:
+        """Yield the pieces after `resume` (already delivered), then one Done."""
+        ...
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int: ...
+
+    @property
+    def n_ctx(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class TextAssembler:
+    """Token bytes -> releasable text: joins split UTF-8 characters and holds
+    back any tail that could be the start of a stop string, so a stop string
+    that spans tokens is never half-sent."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = [s for s in stops if s]
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, data: bytes) -> str:
+        """Add a token's bytes; return the text now safe to send."""
+        if self.stopped:
+            return ""
+        text = self._held + self._decoder.decode(data)
+        for stop in self._stops:
+            at = text.find(stop)
+            if at >= 0:
+                self.stopped = True
+                self._held = ""
+                return text[:at]
+        keep = self._holdback(text)
+        self._held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        """End of generation: whatever was held back is real text."""
+        if self.stopped:
+            return ""
+        text, self._held = self._held + self._decoder.decode(b"", final=True), ""
+        return text
+
+    def _holdback(self, text: str) -> int:
+        """Length of the longest suffix of `text` that is a proper prefix of a stop."""
+        best = 0
+        for stop in self._stops:
+            for n in range(min(len(stop) - 1, len(text)), best, -1):
+                if text.endswith(stop[:n]):
+                    best = n
+                    break
+        return best
+
+    def replay(self, token_bytes: Sequence[bytes], sent_text: str) -> None:
+        """Rebuild the state after a resume: feed the logged tokens' bytes and
+        check they release exactly the text that was delivered."""
+        released = "".join(self.feed(b) for b in token_bytes)
+        if released != sent_text:
+            # The logged text is what the client has; trust it over re-decoding.
+            self._held = ""
+
+
+class ThreadedEngine:
+    """Base for engines that decode one sequence at a time in a thread.
+
+    Subclasses implement `_generate_sync`, a plain generator. Requests beyond
+    one wait on a lock, so slots=1 however many jobs the worker admits.
+    """
+
+    model_name: str = ""
+    slots: int = 1
+
+    def __init__(self) -> None:
+        # A semaphore, not a lock: an abandoned generator may be closed from
+        # another task, and a lock would refuse that release.
+        self._lock = anyio.Semaphore(1)
+
+    def _generate_sync(
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        resume: Sequence[Piece],
+        cancel: threading.Event,
+    ) -> Iterator[Piece | Done]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    async def generate(
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        resume: Sequence[Piece],
+        cancel: threading.Event,
+    ) -> AsyncIterator[Piece | Done]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Piece | Done | BaseException] = asyncio.Queue()
+
+        def produce() -> None:
+            # call_soon_threadsafe does not wait for the loop, so the decode
+            # thread never stalls on Python-side consumers.
+            try:
+                for item in self._generate_sync(messages, params, resume, cancel):
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+            except BaseException as exc:  # handed to the async side, re-raised there
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+        async with self._lock:
+            thread = loop.run_in_executor(None, produce)
+            try:
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                    if isinstance(item, Done):
+                        break
+            finally:
+                # Consumer went away (cancelled, stale lease): stop the thread at
+                # its next token rather than decoding to max_tokens, and wait for
+                # it so the engine is free before the lock is released.
+                cancel.set()
+                with anyio.CancelScope(shield=True):
+                    await thread

@@ -1,0 +1,132 @@
+"""The llama engine: llama-cpp-python's high-level API, one sequence at a time.
+
+The reference the batched engine is tested against. A resumed job is
+prefilled with the prompt plus the tokens already delivered, and generation
+continues from there, so the client's text continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+
+import llama_cpp
+from llama_cpp import Llama
+
+from streamworker.engines.base import (
+    ContextLengthExceeded,
+    Done,
+    GenerationParams,
+    Message,
+    Piece,
+    TextAssembler,
+    ThreadedEngine,
+)
+from streamworker.engines.chat_template import renderer
+from streamworker.engines.model_file import resolve_model_path
+from streamworker.settings import EngineSettings
+
+
+@llama_cpp.llama_log_callback
+def _quiet_log(level: int, text: bytes, user_data: object) -> None:
+    """llama.cpp's own logging is noise at INFO; (and a Python callback
+    avoids a crash seen with the default one on some CUDA builds)."""
+
+
+def quiet_llama_logs() -> None:
+    llama_cpp.llama_log_set(_quiet_log, None)
+
+
+class LlamaEngine(ThreadedEngine):
+    def __init__(self, settings: EngineSettings) -> None:
+        super().__init__()
+        quiet_llama_logs()
+        self.model_name = settings.model_name
+        self.path = resolve_model_path(settings.model_path)
+        self.llm = Llama(
+            model_path=str(self.path),
+            n_ctx=settings.model_n_ctx,
+            n_threads=settings.model_n_threads or None,
+            n_gpu_layers=settings.model_n_gpu_layers,
+            verbose=False,
+        )
+        eos = self._piece(self.llm.token_eos())
+        bos = self._piece(self.llm.token_bos())
+        self.render = renderer(self.llm.metadata, eos, bos, settings.chat_format)
+
+    def _piece(self, token: int) -> str:
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
+
+    @property
+    def n_ctx(self) -> int:  # type: ignore[override]
+        return self.llm.n_ctx()
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> tuple[list[int], list[str]]:
+        prompt, stops = self.render(messages)
+        return self.llm.tokenize(prompt.encode(), add_bos=True, special=True), stops
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        return len(self.prompt_tokens(messages)[0])
+
+    def _generate_sync(
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        resume: Sequence[Piece],
+        cancel: threading.Event,
+    ) -> Iterator[Piece | Done]:
+        prompt, template_stops = self.prompt_tokens(messages)
+        done_tokens = [p.token for p in resume if p.token >= 0]
+        if len(prompt) + params.max_tokens > self.n_ctx:
+            raise ContextLengthExceeded(
+                f"{len(prompt)} prompt tokens + max_tokens {params.max_tokens} exceed "
+                f"the context of {self.n_ctx}"
+            )
+        assembler = TextAssembler([*params.stop, *template_stops])
+        history = list(prompt)
+        assembler.replay(
+            [self.llm.detokenize([t], prev_tokens=history[: len(prompt) + i])
+             for i, t in enumerate(done_tokens)],
+            "".join(p.text for p in resume),
+        )
+        history.extend(done_tokens)
+        remaining = params.max_tokens - len(done_tokens)
+        if remaining <= 0:
+            yield Done("length", len(prompt))
+            return
+        self.llm.set_seed(params.seed)
+        vocab = self.llm._model.vocab
+        generator = self.llm.generate(
+            history, temp=params.temperature, top_p=params.top_p, top_k=0, min_p=0.0,
+            repeat_penalty=1.0, reset=True,
+        )
+        finish = "length"
+        produced = 0
+        try:
+            for token in generator:
+                if cancel.is_set():
+                    finish = "cancelled"
+                    break
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                text = assembler.feed(self.llm.detokenize([token], prev_tokens=history))
+                history.append(token)
+                produced += 1
+                yield Piece(token, text)
+                if assembler.stopped:
+                    finish = "stop"
+                    break
+                if produced >= remaining:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                generator.close()
+        if finish != "cancelled" and (tail := assembler.flush()):
+            yield Piece(-1, tail)
+        yield Done(finish, len(prompt))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.llm.close()

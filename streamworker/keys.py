@@ -1,0 +1,77 @@
+"""Every Redis key, stream, group and channel name, in one place.
+
+Everything one atomic step touches for a model's jobs carries the model's
+Redis Cluster hash tag (``{model}``), so a Lua script never crosses slots and
+streams shard by model when a deployment moves to Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "sw"
+GROUP = "workers"
+
+_TAG_UNSAFE = re.compile(r"[{}]")
+
+
+def tag(model: str) -> str:
+    """The hash tag for a model: braces are not allowed inside a tag."""
+    return "{" + _TAG_UNSAFE.sub("_", model) + "}"
+
+
+class ModelKeys:
+    """Key names for one model's queue; all share the model's hash tag."""
+
+    __slots__ = ("dead", "model", "queued", "stream", "t")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.t = f"{PREFIX}:{tag(model)}"
+        # The job stream: one entry per accepted job, XACKed and XDELed when done,
+        # so its length is the number of jobs queued or running.
+        self.stream = f"{self.t}:jobs"
+        # Dead letters: jobs that failed JOB_MAX_ATTEMPTS times, with the reason.
+        self.dead = f"{self.t}:dead"
+        # Counter of job records in status `queued` (the O(1) backpressure check).
+        self.queued = f"{self.t}:queued"
+
+    def job(self, job_id: str) -> str:
+        """The job record (a hash): status, attempt, timestamps, result."""
+        return f"{self.t}:job:{job_id}"
+
+    def log(self, job_id: str) -> str:
+        """The job's token log (a list): entry i is token event seq i."""
+        return f"{self.t}:log:{job_id}"
+
+    def channel(self, job_id: str) -> str:
+        """The job's pub/sub channel: token and status events, at-most-once."""
+        return f"{self.t}:ch:{job_id}"
+
+    def idempotency(self, key: str) -> str:
+        """Idempotency-Key -> job id, so a retried POST returns the same job."""
+        return f"{self.t}:idem:{key}"
+
+
+def job_model(job_id: str) -> str:
+    """job id -> model name, so /v1/jobs/{id} finds the model's keys."""
+    return f"{PREFIX}:jobmodel:{job_id}"
+
+
+def worker(worker_id: str) -> str:
+    """A live worker's heartbeat (a hash with a TTL)."""
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+WORKERS = f"{PREFIX}:workers"  # sorted set: worker id -> last heartbeat (ms)
+MODELS = f"{PREFIX}:models"  # set of model names that ever had a stream
+
+
+def semaphore(gpu: str) -> str:
+    """The GPU semaphore (a sorted set of holders scored by lease expiry)."""
+    return f"{PREFIX}:gpu:{gpu}:slots"
+
+
+def ratelimit(key_name: str, kind: str) -> str:
+    """Per API key sliding-window counters for requests and tokens."""
+    return f"{PREFIX}:rl:{{{key_name}}}:{kind}"

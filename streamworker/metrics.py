@@ -1,0 +1,71 @@
+"""Worker metrics, served on WORKER_METRICS_PORT (default 5345).
+
+Names follow what vLLM users know, under the streamworker_ prefix; the seed's
+proxy_active_jobs and proxy_capacity describe this worker here (the gateway's
+/metrics gives the same names for the whole cluster).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from streamworker.jobs import JobRecord
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.25, 0.5, 1.0)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.active = Gauge("proxy_active_jobs", "Jobs this worker runs now", registry=r)
+        self.capacity = Gauge("proxy_capacity", "This worker's job slots", registry=r)
+        self.jobs = Counter("streamworker_jobs_total", "Jobs ended, by final status",
+                            ["status"], registry=r)
+        self.skipped = Counter("streamworker_jobs_skipped_total",
+                               "Entries read but not run (cancelled, expired, done, dead)",
+                               ["reason"], registry=r)
+        self.reclaimed = Counter("streamworker_jobs_reclaimed_total",
+                                 "Entries taken over from dead workers by XAUTOCLAIM", registry=r)
+        self.dead_lettered = Counter("streamworker_jobs_dead_lettered_total",
+                                     "Jobs moved to the dead-letter stream", registry=r)
+        self.tokens = Counter("streamworker_generation_tokens_total", "Tokens generated",
+                              registry=r)
+        self.ttft = Histogram("streamworker_time_to_first_token_seconds",
+                              "From job start on the worker to its first token",
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_time = Histogram("streamworker_request_queue_time_seconds",
+                                    "From enqueue to the job's first start",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("streamworker_e2e_request_latency_seconds",
+                             "From enqueue to the job's end", buckets=LATENCY_BUCKETS, registry=r)
+        self.inter_token = Histogram("streamworker_inter_token_latency_seconds",
+                                     "Mean time between tokens of a job",
+                                     buckets=TOKEN_BUCKETS, registry=r)
+
+    def serve(self, host: str, port: int) -> None:
+        if port:
+            start_http_server(port, addr=host, registry=self.registry)
+
+    def job_started(self, record: JobRecord | None) -> None:
+        if record is not None and record.attempt <= 1:
+            self.queue_time.observe(max(0.0, time.time() - record.created_at / 1000))
+
+    def job_finished(self, status: str, new_tokens: int, t0: float, first_token: float | None,
+                     record: JobRecord | None) -> None:
+        self.jobs.labels(status).inc()
+        self.tokens.inc(new_tokens)
+        now = time.monotonic()
+        if first_token is not None:
+            self.ttft.observe(first_token - t0)
+            if new_tokens > 1:
+                self.inter_token.observe((now - first_token) / (new_tokens - 1))
+        if record is not None:
+            self.e2e.observe(max(0.0, time.time() - record.created_at / 1000))
+
+    def job_skipped(self, reason: str) -> None:
+        self.skipped.labels(reason).inc()
