@@ -16,6 +16,7 @@ from streamworker.logs import setup_logging
 from streamworker.metrics import WorkerMetrics
 from streamworker.queue import Queue
 from streamworker.registry import Registry
+from streamworker.semaphore import GpuSemaphore
 from streamworker.settings import (
     EngineSettings,
     QueueSettings,
@@ -35,7 +36,7 @@ async def run_worker(
     engine_settings: EngineSettings,
     worker_settings: WorkerSettings,
 ) -> None:
-    cap = capacity_mod.resolve(worker_settings.worker_concurrency)
+    cap = capacity_mod.resolve(worker_settings.worker_concurrency, engine_settings)
     log.info("capacity: %d slot(s) on %s (%s)", cap.slots, cap.gpu, cap.reason)
     engine_settings.slots = cap.slots
     engine = await anyio.to_thread.run_sync(load_engine, engine_settings)
@@ -46,11 +47,18 @@ async def run_worker(
     queue = Queue(redis, queue_settings)
     registry = Registry(redis, interval=worker_settings.worker_heartbeat_seconds, gpu=cap.gpu,
                         engine=engine_settings.engine)
+    # Every worker process on this GPU (or CPU host) shares one semaphore.
+    semaphore = GpuSemaphore(
+        redis, worker_settings.worker_semaphore_key or cap.gpu, cap.slots,
+        owner=worker_settings.name(),
+        lease_seconds=worker_settings.worker_semaphore_lease_seconds,
+        poll_seconds=min(0.25, worker_settings.worker_block_ms / 1000),
+    )
     worker = Worker(
         queue, engine, model=engine_settings.model_name, consumer=worker_settings.name(),
         slots=cap.slots, block_ms=worker_settings.worker_block_ms,
         shutdown_grace=worker_settings.worker_shutdown_grace_seconds,
-        metrics=metrics, registry=registry,
+        metrics=metrics, registry=registry, semaphore=semaphore,
     )
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
@@ -96,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         redis_settings = from_env(RedisSettings, redis_url=args.redis_url)
         queue_settings = from_env(QueueSettings)
-        if command == "run":
+        if command in ("run", "capacity"):
             engine_settings = from_env(
                 EngineSettings,
                 engine=getattr(args, "engine", None),
@@ -108,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                 worker_concurrency=getattr(args, "concurrency", None),
                 worker_name=getattr(args, "name", None),
             )
-            capacity_mod.resolve(worker_settings.worker_concurrency)
+            if command == "capacity":
+                # Show how this host would be sized, with the inputs used.
+                print(capacity_mod.report("auto", engine_settings))
+                return 0
+            capacity_mod.resolve(worker_settings.worker_concurrency, engine_settings)
     except (SettingsError, ValueError) as exc:
         print(f"streamworker: bad setting: {exc}", file=sys.stderr)
         return 2

@@ -1,30 +1,204 @@
-"""How many jobs a worker runs at once: WORKER_CONCURRENCY, or `auto`."""
+"""How many jobs a worker runs at once: WORKER_CONCURRENCY, or `auto`.
+
+`auto` does what the deployment guide (seed 003) asks operators to do by hand
+with nvidia-smi: keep 30% of the card free, take off what the model and the
+runtime use, divide the rest by what one request needs:
+
+    slots = floor((total x 0.7 - (weights + runtime)) / KV cache per request)
+
+at least 1, and no more than free memory allows when other processes already
+use the card. Weights are the GGUF's size; the KV cache of one request is
+layers x KV heads x (key + value head size) x n_ctx x bytes per element of the
+cache type, all read from the GGUF header. Without NVML (no NVIDIA driver) the
+CPU rule applies, and the result says so.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from streamworker.gguf import GGUFError, ModelShape, model_shape
+
+if TYPE_CHECKING:
+    from streamworker.settings import EngineSettings
+
+GiB = 1 << 30
+HEADROOM = 0.7  # the seed's "30% reserve"
+# CUDA context, cuBLAS workspace and llama.cpp's compute buffers. Measured on
+# an H100: loading gemma-3-270m at n_ctx 4096 took 1.35 GiB, of which weights
+# 0.24 and KV cache 0.07; the rest is this overhead (it grows a little with
+# n_batch, which we leave at llama.cpp's default).
+RUNTIME_OVERHEAD = 1 * GiB
+# free memory may be used up to this fraction (other processes' allocations move).
+FREE_MARGIN = 0.9
+# llama.cpp decodes one sequence with every core; on a CPU, extra concurrent
+# sequences share those cores, so beyond one slot per 4 cores they add only latency.
+CPU_CORES_PER_SLOT = 4
+# Bytes per cached element for llama.cpp's KV cache types (block formats:
+# q8_0 stores 32 values in 34 bytes, q4_0 in 18).
+CACHE_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32,
+                    "q5_0": 22 / 32, "q4_1": 20 / 32, "q4_0": 18 / 32}
 
 
 @dataclass(frozen=True)
 class Capacity:
     slots: int
-    gpu: str  # GPU UUID, or "cpu"
+    gpu: str  # GPU UUID, or "cpu-<host>" (the semaphore key)
     reason: str
+    inputs: list[tuple[str, str]] = field(default_factory=list)  # for the table
 
 
-def resolve(value: str) -> Capacity:
+@dataclass(frozen=True)
+class GpuMemory:
+    uuid: str
+    name: str
+    total: int
+    free: int
+
+
+def cpu_key() -> str:
+    """The semaphore key on a host without a GPU: one per host."""
+    return f"cpu-{socket.gethostname()}"
+
+
+def read_gpu(nvml: ModuleType | None = None) -> GpuMemory | None:
+    """The GPU this process will use, through NVML; None without a driver.
+
+    CUDA_VISIBLE_DEVICES picks it (an index or a GPU UUID). NVML numbers GPUs
+    in PCI bus order, so run workers with CUDA_DEVICE_ORDER=PCI_BUS_ID for
+    an index to mean the same card to both (the systemd unit sets it)."""
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return None
+    try:
+        nvml.nvmlInit()
+    except Exception:  # pynvml.NVMLError: no driver, no GPU
+        return None
+    try:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+        if visible.startswith(("GPU-", "MIG-")):
+            handle = nvml.nvmlDeviceGetHandleByUUID(visible)
+        else:
+            handle = nvml.nvmlDeviceGetHandleByIndex(int(visible) if visible.isdigit() else 0)
+        mem = nvml.nvmlDeviceGetMemoryInfo(handle)
+        uuid = nvml.nvmlDeviceGetUUID(handle)
+        name = nvml.nvmlDeviceGetName(handle)
+        return GpuMemory(
+            uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+            name=name.decode() if isinstance(name, bytes) else str(name),
+            total=int(mem.total), free=int(mem.free),
+        )
+    except Exception:  # a GPU NVML cannot describe: treat the host as CPU-only
+        return None
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def gpu_slots(total: int, free: int, base: int, per_request: int) -> tuple[int, str]:
+    """The seed's rule, and the free-memory cap. Returns (slots, why)."""
+    by_rule = math.floor((total * HEADROOM - base) / per_request)
+    by_free = math.floor((free * FREE_MARGIN - base) / per_request)
+    slots = max(1, min(by_rule, by_free))
+    why = f"floor(({_gib(total)} x {HEADROOM} - {_gib(base)}) / {_gib(per_request)}) = {by_rule}"
+    if by_free < by_rule:
+        why += f"; free memory allows only {by_free}"
+    if slots > min(by_rule, by_free):
+        why += "; at least 1"
+    return slots, why
+
+
+def cpu_slots(cores: int | None = None) -> int:
+    return max(1, (cores or os.cpu_count() or 1) // CPU_CORES_PER_SLOT)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def _shape(settings: EngineSettings | None) -> tuple[ModelShape | None, str]:
+    if settings is None or settings.engine == "echo":
+        return None, "no model file (echo test double)"
+    try:
+        from streamworker.engines.model_file import resolve_model_path
+
+        return model_shape(resolve_model_path(settings.model_path)), ""
+    except (OSError, GGUFError, ImportError) as exc:
+        return None, f"model unreadable: {exc}"
+
+
+def resolve(
+    value: str,
+    settings: EngineSettings | None = None,
+    *,
+    cache_type: str = "f16",
+    nvml: ModuleType | None = None,
+) -> Capacity:
     value = value.strip().lower()
+    gpu = read_gpu(nvml)
+    key = gpu.uuid if gpu is not None else cpu_key()
     if value != "auto":
         try:
             slots = int(value)
         except ValueError:
-            raise ValueError(f"WORKER_CONCURRENCY must be a number or 'auto', not {value!r}")
+            raise ValueError(
+                f"WORKER_CONCURRENCY must be a number or 'auto', not {value!r}"
+            ) from None
         if slots < 1:
             raise ValueError("WORKER_CONCURRENCY must be at least 1")
-        return Capacity(slots, "cpu", "set by WORKER_CONCURRENCY")
-    return Capacity(1, "cpu", "auto: no GPU sizing yet, one slot")
+        return Capacity(slots, key, "set by WORKER_CONCURRENCY",
+                        [("WORKER_CONCURRENCY", str(slots)), ("semaphore key", key)])
+    shape, problem = _shape(settings)
+    inputs: list[tuple[str, str]] = [("WORKER_CONCURRENCY", "auto")]
+    on_gpu = gpu is not None and (settings is None or settings.model_n_gpu_layers != 0)
+    if shape is None or not on_gpu or gpu is None:
+        cores = os.cpu_count() or 1
+        slots = cpu_slots(cores)
+        why = ("no NVIDIA GPU (NVML unavailable)" if gpu is None
+               else "MODEL_N_GPU_LAYERS=0 keeps the model on the CPU" if not on_gpu
+               else problem)
+        inputs += [("GPU", why), ("CPU cores", str(cores)),
+                   ("rule", f"CPU rule: max(1, {cores} cores // {CPU_CORES_PER_SLOT})")]
+        if shape is not None:
+            inputs.append(("model", f"{shape.arch}, {_gib(shape.file_bytes)} of weights"))
+        elif gpu is None:
+            inputs.append(("model", problem))
+        inputs += [("semaphore key", key), ("slots", str(slots))]
+        return Capacity(slots, key, f"auto, CPU rule: {why}", inputs)
+    n_ctx = settings.model_n_ctx if settings is not None else 4096
+    per_token = CACHE_TYPE_BYTES[cache_type]
+    per_request = shape.kv_bytes(n_ctx, per_token)
+    base = shape.file_bytes + RUNTIME_OVERHEAD
+    slots, why = gpu_slots(gpu.total, gpu.free, base, per_request)
+    inputs += [
+        ("GPU", f"{gpu.name} ({gpu.uuid})"),
+        ("total memory", _gib(gpu.total)),
+        ("free memory", _gib(gpu.free)),
+        ("model", f"{shape.arch}, {shape.n_layers} layers, {shape.n_kv_heads} KV heads, "
+                  f"head size {shape.key_length}/{shape.value_length}"),
+        ("weights (GGUF size)", _gib(shape.file_bytes)),
+        ("runtime overhead", _gib(RUNTIME_OVERHEAD)),
+        ("KV cache per request", f"{_gib(per_request)} (n_ctx {n_ctx}, cache {cache_type})"),
+        ("rule", why),
+        ("semaphore key", key),
+        ("slots", str(slots)),
+    ]
+    return Capacity(slots, key, f"auto: {why}", inputs)
 
 
-def report() -> str:
-    cap = resolve("auto")
-    return f"slots={cap.slots} gpu={cap.gpu} ({cap.reason})"
+def table(cap: Capacity) -> str:
+    width = max(len(k) for k, _ in cap.inputs)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in cap.inputs)
+
+
+def report(value: str = "auto", settings: EngineSettings | None = None) -> str:
+    return table(resolve(value, settings))

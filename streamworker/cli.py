@@ -78,11 +78,6 @@ async def dead(queue: Queue, args: argparse.Namespace) -> int:
 async def dispatch(
     args: argparse.Namespace, redis_settings: RedisSettings, queue_settings: QueueSettings
 ) -> int:
-    if args.command == "capacity":
-        from streamworker.capacity import report
-
-        print(report())
-        return 0
     redis = connect(redis_settings)
     queue = Queue(redis, queue_settings)
     try:

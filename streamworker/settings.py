@@ -89,6 +89,11 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     worker_heartbeat_seconds: PositiveFloat = 2.0
     # How long the stream read blocks before the loop looks at leases again.
     worker_block_ms: PositiveInt = 1000
+    # GPU semaphore lease: a killed worker's GPU slots return after this long.
+    worker_semaphore_lease_seconds: PositiveFloat = 15.0
+    # Which semaphore to share; empty: the GPU's UUID, or cpu-<host> without a
+    # GPU. Set it to give co-located workers separate budgets (tests do).
+    worker_semaphore_key: str = ""
 
     def name(self) -> str:
         return self.worker_name or f"{socket.gethostname()}-{self.worker_instance}"

@@ -23,10 +23,12 @@ from streamworker.engines.base import Done, Engine, Piece
 from streamworker.events import End, LogEntry, encode
 from streamworker.jobs import JobStatus, now_ms
 from streamworker.queue import Entry, Queue, Started, decode_request
+from streamworker.semaphore import Grant
 
 if TYPE_CHECKING:
     from streamworker.metrics import WorkerMetrics
     from streamworker.registry import Registry
+    from streamworker.semaphore import GpuSemaphore
 
 log = logging.getLogger("streamworker.worker")
 
@@ -62,6 +64,7 @@ class Worker:
         shutdown_grace: float = 25.0,
         metrics: WorkerMetrics | None = None,
         registry: Registry | None = None,
+        semaphore: GpuSemaphore | None = None,
     ) -> None:
         self.queue = queue
         self.engine = engine
@@ -72,6 +75,7 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.metrics = metrics
         self.registry = registry
+        self.semaphore = semaphore
         self.active: dict[str, Active] = {}
         self._slot_freed = anyio.Event()
         self._stopping = False
@@ -80,6 +84,11 @@ class Worker:
     @property
     def free(self) -> int:
         return self.slots - len(self.active)
+
+    def _grant(self, n: int) -> contextlib.AbstractAsyncContextManager[Grant]:
+        if self.semaphore is None:
+            return contextlib.nullcontext(Grant([""] * n))
+        return self.semaphore.grant(n)
 
     # -- the loops ------------------------------------------------------------
 
@@ -93,6 +102,8 @@ class Worker:
                 upkeep.start_soon(self._lease_loop)
                 if self.registry is not None:
                     upkeep.start_soon(self.registry.heartbeat_loop, self)
+                if self.semaphore is not None:
+                    upkeep.start_soon(self.semaphore.renew_loop)
                 async with anyio.create_task_group() as fetch:
                     fetch.start_soon(self._fetch_loop, jobs, burst)
 
@@ -118,30 +129,45 @@ class Worker:
                     self._slot_freed = anyio.Event()
                     await self._slot_freed.wait()
                     continue
+                entries: list[Entry] = []
                 try:
-                    entries: list[Entry] = []
-                    if not own_checked:
-                        # Our own pending entries from a previous life (same
-                        # stable consumer name): the seed's RecoverJobs.
-                        entries = await self.queue.read(
-                            self.model, self.consumer, self.free, None, own=True
-                        )
-                        own_checked = True
-                    if time.monotonic() >= next_reclaim and len(entries) < self.free:
-                        reclaimed = await self.queue.reclaim(
-                            self.model, self.consumer, self.free - len(entries)
-                        )
-                        if reclaimed:
-                            log.info("reclaimed %d job(s) from dead workers", len(reclaimed))
-                            if self.metrics:
-                                self.metrics.reclaimed.inc(len(reclaimed))
-                        entries += reclaimed
-                        next_reclaim = time.monotonic() + self.queue.settings.job_lease_seconds / 4
-                    if not entries:
-                        block = 10 if burst else self.block_ms
-                        entries = await self.queue.read(
-                            self.model, self.consumer, self.free, block
-                        )
+                    # GPU slots first, shared with every process on this GPU:
+                    # read no more entries than we may run at once.
+                    async with self._grant(self.free) as grant:
+                        if not grant:
+                            await anyio.sleep(self.semaphore.poll_seconds if self.semaphore
+                                              else 0.1)
+                            continue
+                        want = len(grant)
+                        if not own_checked:
+                            # Our own pending entries from a previous life (same
+                            # stable consumer name): the seed's RecoverJobs.
+                            entries = await self.queue.read(
+                                self.model, self.consumer, want, None, own=True
+                            )
+                            own_checked = True
+                        if time.monotonic() >= next_reclaim and len(entries) < want:
+                            reclaimed = await self.queue.reclaim(
+                                self.model, self.consumer, want - len(entries)
+                            )
+                            if reclaimed:
+                                log.info("reclaimed %d job(s) from dead workers", len(reclaimed))
+                                if self.metrics:
+                                    self.metrics.reclaimed.inc(len(reclaimed))
+                            entries += reclaimed
+                            next_reclaim = (time.monotonic()
+                                            + self.queue.settings.job_lease_seconds / 4)
+                        if not entries:
+                            block = 10 if burst else self.block_ms
+                            entries = await self.queue.read(
+                                self.model, self.consumer, want, block
+                            )
+                        for entry in entries:
+                            if entry.entry_id in self.active:
+                                continue
+                            self.active[entry.entry_id] = Active(entry, 0, 0)  # reserve the slot
+                            grant.assign(entry.entry_id)
+                            jobs.start_soon(self._run_job, entry)
                 except ResponseError as exc:
                     if "NOGROUP" in str(exc):  # Redis lost its data: recreate the group
                         await self._with_backoff(lambda: self.queue.ensure_group(self.model))
@@ -151,11 +177,6 @@ class Worker:
                     log.warning("redis unavailable (%s); retrying", exc)
                     await anyio.sleep(0.5)
                     continue
-                for entry in entries:
-                    if entry.entry_id in self.active:
-                        continue
-                    self.active[entry.entry_id] = Active(entry, 0, 0)  # reserve the slot
-                    jobs.start_soon(self._run_job, entry)
                 if burst and not entries and not self.active:
                     return
         finally:
@@ -205,6 +226,8 @@ class Worker:
             await self._generate(entry, started)
         finally:
             self.active.pop(entry.entry_id, None)
+            if self.semaphore is not None:
+                await self.semaphore.release(entry.entry_id)
             self._slot_freed.set()
             if self.metrics:
                 self.metrics.active.set(len(self.active))

@@ -177,7 +177,10 @@ class Worker(Service):
         self.name = name
         super().__init__(
             ["streamworker", "run"],
+            # Each test worker gets its own GPU semaphore (as if on its own
+            # card) unless a test shares one on purpose.
             {"REDIS_URL": redis_url, "WORKER_NAME": name, "WORKER_METRICS_PORT": "0",
+             "WORKER_SEMAPHORE_KEY": f"test-{name}",
              "WORKER_HEARTBEAT_SECONDS": "0.5", "WORKER_BLOCK_MS": "200", **env},
             log,
         )
