@@ -15,7 +15,7 @@ import msgspec
 from aiohttp import web
 from redis.exceptions import RedisError, ResponseError
 
-from gateway import state
+from gateway import queue_position, state
 from gateway.errors import (
     ApiError,
     BadRequest,
@@ -359,12 +359,22 @@ async def _stream(
 
     if chat:
         await response.write(chunk(Delta(role="assistant", content="")))
+    st = state.of(request.app)
+    show_position = queue_position.wanted(request)
+    if show_position:
+        await response.write(await queue_position.comment(st.redis, job.model, job_id))
+    first_token = True
     async for item in relay:
         if isinstance(item, Text):
+            if first_token:
+                first_token = False
+                st.metrics.first_token(request)
             if item.text:
                 await response.write(chunk(Delta(content=item.text)))
         elif isinstance(item, (Idle, Status)):
             await response.write(b": keep-alive\n\n")
+            if show_position and isinstance(item, Idle):
+                await response.write(await queue_position.comment(st.redis, job.model, job_id))
             if time.time() >= deadline:
                 await relay.queue.cancel(job.model, job_id, reason="expired")
         elif isinstance(item, End):

@@ -28,6 +28,7 @@ from streamworker.queue import model_keys
 if TYPE_CHECKING:
     from gateway.errors import Handler
 
+START = "metrics.start"  # request key: when the request reached the gateway
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -55,6 +56,12 @@ class GatewayMetrics:
             registry=r,
         )
 
+    def first_token(self, request: web.Request) -> None:
+        """A streamed response sent its first token: TTFT as the client sees it."""
+        start = request.get(START)
+        if start is not None:
+            self.ttft.observe(time.perf_counter() - start)
+
     async def refresh_cluster(self, app: web.Application) -> None:
         st = state.of(app)
         workers = await st.models.workers()
@@ -78,7 +85,7 @@ def route_label(request: web.Request) -> str:
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = state.of(request.app).metrics
-    start = time.perf_counter()
+    start = request[START] = time.perf_counter()
     code = 500
     try:
         response = await handler(request)

@@ -15,7 +15,7 @@ from streamworker.engines import load_engine
 from streamworker.logs import setup_logging
 from streamworker.metrics import WorkerMetrics
 from streamworker.queue import Queue
-from streamworker.registry import Registry
+from streamworker.registry import Registry, engine_alive
 from streamworker.semaphore import GpuSemaphore
 from streamworker.settings import (
     EngineSettings,
@@ -35,14 +35,13 @@ async def run_worker(
     queue_settings: QueueSettings,
     engine_settings: EngineSettings,
     worker_settings: WorkerSettings,
-) -> None:
+) -> int:
     cap = capacity_mod.resolve(worker_settings.worker_concurrency, engine_settings)
     log.info("capacity: %d slot(s) on %s (%s)", cap.slots, cap.gpu, cap.reason)
     engine_settings.slots = cap.slots
     engine = await anyio.to_thread.run_sync(load_engine, engine_settings)
     metrics = WorkerMetrics()
     metrics.capacity.set(cap.slots)
-    metrics.serve(worker_settings.worker_metrics_host, worker_settings.worker_metrics_port)
     redis = connect(redis_settings)
     queue = Queue(redis, queue_settings)
     registry = Registry(redis, interval=worker_settings.worker_heartbeat_seconds, gpu=cap.gpu,
@@ -60,7 +59,10 @@ async def run_worker(
         shutdown_grace=worker_settings.worker_shutdown_grace_seconds,
         metrics=metrics, registry=registry, semaphore=semaphore,
     )
+    metrics.serve(worker_settings.worker_metrics_host, worker_settings.worker_metrics_port,
+                  health=lambda: registry.health(worker))
     stop = anyio.Event()
+    engine_died = False
     async with anyio.create_task_group() as tg:
 
         async def signals() -> None:
@@ -70,7 +72,20 @@ async def run_worker(
                     stop.set()
                     return
 
+        async def watchdog() -> None:
+            # An engine that dies under a live process: drain (hand jobs
+            # back) and exit non-zero so the supervisor restarts us.
+            nonlocal engine_died
+            while True:  # polled: engines have no death callback
+                await anyio.sleep(1)
+                if not engine_alive(engine):
+                    break
+            log.error("engine stopped: draining and exiting")
+            engine_died = True
+            stop.set()
+
         tg.start_soon(signals)
+        tg.start_soon(watchdog)
         log.info("worker %s serving %s with engine %s", worker.consumer, worker.model,
                  engine_settings.engine)
         await worker.run(stop=stop)
@@ -78,6 +93,7 @@ async def run_worker(
     await redis.aclose()
     engine.close()
     log.info("worker %s stopped after %d job(s)", worker.consumer, worker.jobs_done)
+    return 1 if engine_died else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,9 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging("streamworker")
     if command == "run":
-        anyio.run(run_worker, redis_settings, queue_settings, engine_settings, worker_settings,
-                  backend_options={"use_uvloop": True})
-        return 0
+        return anyio.run(run_worker, redis_settings, queue_settings, engine_settings,
+                         worker_settings, backend_options={"use_uvloop": True})
     from streamworker import cli
 
     return anyio.run(cli.dispatch, args, redis_settings, queue_settings)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
 from streamworker import keys
 from streamworker.connections import connect
 from streamworker.queue import Queue, model_keys
 from streamworker.registry import live_workers
+from streamworker.semaphore import holders
 from streamworker.settings import QueueSettings, RedisSettings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 def _s(v: object) -> str:
@@ -44,6 +49,9 @@ async def inspect(queue: Queue) -> None:
                   f"idle={p['time_since_delivered']}ms deliveries={p['times_delivered']}")
         print(f"   queued jobs: {int(await r.get(k.queued) or 0)}   "
               f"dead letters: {await r.xlen(k.dead)}")
+        counts = await job_counts(r, k)
+        print("   job records by status: "
+              + (", ".join(f"{s}={n}" for s, n in sorted(counts.items())) or "none"))
     workers = await live_workers(r)
     print(f"== live workers: {len(workers)}")
     now = time.time() * 1000
@@ -51,6 +59,38 @@ async def inspect(queue: Queue) -> None:
         print(f"   {w.id}: model={w.model} slots={w.slots} active={w.active} gpu={w.gpu or '-'} "
               f"engine={w.engine} host={w.host} pid={w.pid} "
               f"heartbeat {int(now - w.heartbeat_at)}ms ago")
+    for gpu in sorted({w.gpu for w in workers if w.gpu}):
+        held = await holders(r, gpu)
+        print(f"== GPU semaphore {keys.semaphore(gpu)}: {len(held)} slot(s) held"
+              + "".join(f"\n   {token} lease ends in {int(expiry - now)}ms"
+                        for token, expiry in held))
+
+
+async def job_counts(r: Redis, k: keys.ModelKeys) -> dict[str, int]:
+    """Job records by status. A SCAN over the model's records: O(records),
+    fine for an operator's command and never on a request path (the gateway
+    reads only the O(1) queued counter). Records expire JOB_RESULT_TTL_SECONDS
+    after they end, so terminal counts cover that window."""
+    counts: dict[str, int] = {}
+    batch: list[bytes] = []
+
+    async def tally() -> None:
+        async with r.pipeline(transaction=False) as pipe:
+            for key in batch:
+                pipe.hget(key, "status")
+            for status in await pipe.execute():
+                if status is not None:
+                    name = _s(status)
+                    counts[name] = counts.get(name, 0) + 1
+        batch.clear()
+
+    async for key in r.scan_iter(match=k.job("*"), count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            await tally()
+    if batch:
+        await tally()
+    return counts
 
 
 async def dead(queue: Queue, args: argparse.Namespace) -> int:

@@ -7,10 +7,15 @@ proxy_active_jobs and proxy_capacity describe this worker here (the gateway's
 
 from __future__ import annotations
 
+import json
+import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 if TYPE_CHECKING:
     from streamworker.jobs import JobRecord
@@ -47,9 +52,24 @@ class WorkerMetrics:
                                      "Mean time between tokens of a job",
                                      buckets=TOKEN_BUCKETS, registry=r)
 
-    def serve(self, host: str, port: int) -> None:
-        if port:
-            start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, health: Callable[[], str | None] | None = None) -> None:
+        """/metrics, and /health for the orchestrator: `health` returns None
+        when the worker is fine, else why not (-> 503)."""
+        if not port:
+            return
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+            if environ.get("PATH_INFO") != "/health":
+                return metrics_app(environ, start_response)
+            problem = health() if health is not None else None
+            status = "503 Service Unavailable" if problem else "200 OK"
+            start_response(status, [("Content-Type", "application/json")])
+            return [json.dumps({"status": "unavailable" if problem else "ok",
+                                "reason": problem}).encode()]
+
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
 
     def job_started(self, record: JobRecord | None) -> None:
         if record is not None and record.attempt <= 1:

@@ -45,6 +45,7 @@ class Registry:
         self.gpu = gpu
         self.engine = engine
         self.started_at = int(time.time() * 1000)
+        self.last_beat = 0.0  # monotonic time of the last heartbeat Redis took
 
     def info(self, worker: Worker) -> WorkerInfo:
         return WorkerInfo(
@@ -64,11 +65,26 @@ class Registry:
 
     async def heartbeat_loop(self, worker: Worker) -> None:
         while True:
+            if not engine_alive(worker.engine):
+                # No green light over a dead engine (vLLM #39863): leave the
+                # registry at once instead of waiting for the TTL.
+                log.error("engine stopped: no more heartbeats")
+                await self.unregister(worker)
+                return
             try:
                 await self.beat(worker)
+                self.last_beat = time.monotonic()
             except (RedisError, OSError) as exc:
                 log.warning("heartbeat failed (%s)", exc)
             await anyio.sleep(self.interval)
+
+    def health(self, worker: Worker) -> str | None:
+        """None when this worker is fine, else why not (its /health says it)."""
+        if not engine_alive(worker.engine):
+            return "engine stopped"
+        if time.monotonic() - self.last_beat > self.ttl_ms / 1000:
+            return "heartbeat not reaching redis"
+        return None
 
     async def unregister(self, worker: Worker) -> None:
         try:
@@ -76,6 +92,13 @@ class Registry:
             await self.redis.zrem(keys.WORKERS, worker.consumer)
         except (RedisError, OSError):
             pass  # the TTL removes it anyway
+
+
+def engine_alive(engine: object) -> bool:
+    """Engines that can die under a live process (a decode thread) expose
+    `alive()`; the others live exactly as long as the process."""
+    alive = getattr(engine, "alive", None)
+    return bool(alive()) if callable(alive) else True
 
 
 async def live_workers(redis: Redis) -> list[WorkerInfo]:
