@@ -55,6 +55,9 @@ class Relay:
         self.next_seq = start_seq
         self.keepalive = keepalive
         self.status = JobStatus.QUEUED.value
+        # Set for a job that may have ended already (events endpoint, a
+        # retried Idempotency-Key): check its record before waiting.
+        self.resume = False
 
     def _take(self, first: int, entries: list[LogEntry]) -> Text | None:
         skip = self.next_seq - first
@@ -90,6 +93,11 @@ class Relay:
         # Whatever the log holds already (a resumed or duplicate request).
         if (text := await self._catch_up()) is not None:
             yield text
+        if self.resume and (end := await self._end_from_record()) is not None:
+            if (text := await self._catch_up()) is not None:
+                yield text
+            yield end
+            return
         while True:
             try:
                 raw = await asyncio.wait_for(self.inbox.get(), timeout=self.keepalive)

@@ -75,6 +75,8 @@ class EngineSettings(msgspec.Struct, kw_only=True):
     slots: PositiveInt = 1
     # Echo test double only: pause between tokens.
     echo_token_interval_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Echo test double only: a user message containing this fails every time.
+    echo_fail_marker: str = "ECHO_FAIL"
 
 
 class WorkerSettings(msgspec.Struct, kw_only=True):

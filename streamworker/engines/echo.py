@@ -4,7 +4,8 @@ It "generates" the words of the last user message, cycling, one word per
 token, so pipeline tests and benchmarks can run without a model and can
 predict every token. Token i depends only on the prompt and i, so a job
 resumed after a crash continues exactly. A user message containing
-`ECHO_FAIL` makes it raise, every time (a poison job for the tests).
+ECHO_FAIL_MARKER (default `ECHO_FAIL`) makes it raise, every time (a
+poison job for the tests).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from streamworker.engines.base import (
 )
 from streamworker.settings import EngineSettings
 
-FAIL_MARKER = "ECHO_FAIL"
-
 
 class EchoEngine(ThreadedEngine):
     n_ctx = 1 << 20
@@ -34,6 +33,7 @@ class EchoEngine(ThreadedEngine):
         super().__init__()
         self.model_name = settings.model_name
         self.interval = settings.echo_token_interval_ms / 1000.0
+        self.fail_marker = settings.echo_fail_marker
 
     @staticmethod
     def words(messages: Sequence[Message]) -> list[str]:
@@ -51,7 +51,7 @@ class EchoEngine(ThreadedEngine):
         cancel: threading.Event,
     ) -> Iterator[Piece | Done]:
         words = self.words(messages)
-        if any(FAIL_MARKER in w for w in words):
+        if self.fail_marker and any(self.fail_marker in w for w in words):
             raise EngineError("echo engine asked to fail")
         assembler = TextAssembler(params.stop)
         done = sum(1 for p in resume if p.token >= 0)  # token -1: a flushed tail

@@ -84,19 +84,21 @@ class LlamaEngine(ThreadedEngine):
                 f"the context of {self.n_ctx}"
             )
         assembler = TextAssembler([*params.stop, *template_stops])
-        history = list(prompt)
+        history = [*prompt, *done_tokens]
         assembler.replay(
             [self.llm.detokenize([t], prev_tokens=history[: len(prompt) + i])
              for i, t in enumerate(done_tokens)],
             "".join(p.text for p in resume),
         )
-        history.extend(done_tokens)
         remaining = params.max_tokens - len(done_tokens)
         if remaining <= 0:
             yield Done("length", len(prompt))
             return
         self.llm.set_seed(params.seed)
+        self._prefill(prompt, done_tokens)
         vocab = self.llm._model.vocab
+        # generate() sees the whole history in the cache but its last token, so
+        # it evaluates only that token, then samples on from there.
         generator = self.llm.generate(
             history, temp=params.temperature, top_p=params.top_p, top_k=0, min_p=0.0,
             repeat_penalty=1.0, reset=True,
@@ -126,6 +128,20 @@ class LlamaEngine(ThreadedEngine):
         if finish != "cancelled" and (tail := assembler.flush()):
             yield Piece(-1, tail)
         yield Done(finish, len(prompt))
+
+    def _prefill(self, prompt: list[int], done: list[int]) -> None:
+        """Evaluate the history exactly as an uninterrupted run did: the prompt
+        but its last token in batches, then every later token one at a time.
+        CPU kernels for a batch and for one token round differently, so a
+        resumed job prefilled in one batch could pick another token at a near
+        tie; replayed this way, greedy decoding continues identically. Also
+        why the KV cache is not reused across requests: a reused prefix would
+        carry another request's batching."""
+        self.llm.reset()
+        if len(prompt) > 1:
+            self.llm.eval(prompt[:-1])
+        for token in [prompt[-1], *done][:-1]:
+            self.llm.eval([token])
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
