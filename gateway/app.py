@@ -38,13 +38,19 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+READY_TIMEOUT_SECONDS = 2.0
+
+
 async def ready(request: web.Request) -> web.Response:
     """Readiness: Redis answers and at least one live worker serves a model."""
     st = state.of(request.app)
     try:
-        await st.redis.ping()
-        workers = await st.models.workers()
-    except (RedisError, OSError) as exc:
+        # Bounded: the client's reconnect backoff must not make the probe
+        # itself time out while Redis is down.
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            await st.redis.ping()
+            workers = await st.models.workers()
+    except (RedisError, OSError, TimeoutError) as exc:
         return web.json_response(
             {"status": "unavailable", "reason": f"redis: {type(exc).__name__}"}, status=503
         )

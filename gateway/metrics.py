@@ -8,6 +8,7 @@ scrape time (the seed's alerts divide one by another), not kept per process.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from redis.exceptions import RedisError
 
 from gateway import state
 from streamworker import keys
@@ -46,6 +48,8 @@ class GatewayMetrics:
         self.queued = Gauge("proxy_queued_jobs", "Jobs waiting in the queue", registry=r)
         self.capacity = Gauge("proxy_capacity", "Job slots across live workers", registry=r)
         self.workers = Gauge("proxy_live_workers", "Workers with a live heartbeat", registry=r)
+        self.redis_up = Gauge("proxy_redis_up", "1 if the last scrape could read Redis",
+                              registry=r)
         self.rejected = Counter(
             "proxy_rejected_total", "Requests refused with 429 because the queue was full",
             registry=r,
@@ -102,7 +106,14 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 async def metrics_handler(request: web.Request) -> web.Response:
     metrics = state.of(request.app).metrics
-    await metrics.refresh_cluster(request.app)
+    try:
+        # Counters must still be scraped while Redis is down; the cluster
+        # gauges then keep their last values and proxy_redis_up says so.
+        async with asyncio.timeout(2.0):
+            await metrics.refresh_cluster(request.app)
+        metrics.redis_up.set(1)
+    except (RedisError, OSError, TimeoutError):
+        metrics.redis_up.set(0)
     return web.Response(
         body=generate_latest(metrics.registry),
         headers={"Content-Type": CONTENT_TYPE_LATEST},
