@@ -187,6 +187,17 @@ class Queue:
                 break
         return taken
 
+    async def prune_consumers(self, model: str, live: set[str], idle_ms: int) -> list[str]:
+        """Delete group consumers that are not live workers, have been idle
+        longer than `idle_ms` and own no pending entry (checked atomically)."""
+        k = model_keys(model)
+        gone = [c["name"] for c in await self.redis.xinfo_consumers(k.stream, keys.GROUP)
+                if c["name"].decode() not in live and c["idle"] >= idle_ms]
+        if not gone:
+            return []
+        removed = await self.scripts.prune(keys=[k.stream], args=[keys.GROUP, *gone])
+        return [x.decode() for x in removed]
+
     async def start(self, model: str, entry: Entry, consumer: str) -> Started | str:
         """Take ownership of an entry's job. Returns Started (the attempt, and
         the tokens already delivered by earlier attempts) or why it was skipped."""
