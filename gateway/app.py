@@ -17,6 +17,7 @@ from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics, metrics_handler, metrics_middleware
 from gateway.models import ModelDirectory
 from gateway.openai_types import ModelCard, ModelList
+from gateway.security import Hardening
 from gateway.settings import GatewaySettings
 from streamworker.connections import connect
 from streamworker.queue import Queue
@@ -73,10 +74,13 @@ def create_app(
     redis_settings: RedisSettings,
     queue_settings: QueueSettings,
 ) -> web.Application:
+    # Raises auth.KeyringError when API keys are required but not configured.
+    hardening = Hardening(settings)
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware],
+        middlewares=hardening.middlewares(metrics_middleware, error_middleware),
         client_max_size=settings.max_body_bytes,
     )
+    hardening.install(app)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         redis = connect(redis_settings)

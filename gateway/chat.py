@@ -15,7 +15,7 @@ import msgspec
 from aiohttp import web
 from redis.exceptions import RedisError, ResponseError
 
-from gateway import queue_position, state
+from gateway import queue_position, security, state
 from gateway.errors import (
     ApiError,
     BadRequest,
@@ -207,6 +207,8 @@ async def submit(
     settings = st.settings
     max_queue = settings.max_queue or settings.max_queue_per_slot * capacity
     job_id = new_job_id()
+    # Context length and per-key rate limits: refused here, nothing enqueued.
+    job = await security.admit(app, job, job_id)
     keys = model_keys(job.model)
     try:
         async with st.hub.subscribe(keys.channel(job_id)) as inbox:

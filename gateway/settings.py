@@ -27,3 +27,27 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     max_message_chars: PositiveInt = 200_000
     max_stop_sequences: PositiveInt = 4
     max_timeout_seconds: PositiveFloat = 3600.0
+    # -- security (gateway/auth.py, ratelimit.py, cors.py; docs/operations.md) --
+    # The seed's switch: refuse requests without a valid Bearer key. Production
+    # enforces keys whatever this says.
+    openai_api_key_required: bool = False
+    # One plaintext key (the seed's compose file); hashed at start, never logged.
+    openai_api_key: str = ""
+    # TOML file of many keys, stored as SHA-256 hashes with names and limits.
+    api_keys_file: str = ""
+    # Also require a key on /ready and /metrics (/health is always open).
+    ops_endpoints_require_key: bool = False
+    # Per-key defaults; 0 means unlimited. The keys file overrides per key.
+    rate_limit_rpm: Annotated[int, msgspec.Meta(ge=0)] = 0
+    rate_limit_tpm: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Comma-separated origins (or "*"); empty: no CORS headers at all.
+    cors_allow_origins: str = ""
+    # Log prompt text at DEBUG (never in production). Off: prompts never logged.
+    log_prompts: bool = False
+
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and debug prints: mask the secret.
+        shown = {f: getattr(self, f) for f in self.__struct_fields__}
+        if shown["openai_api_key"]:
+            shown["openai_api_key"] = "***"
+        return "GatewaySettings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"

@@ -29,6 +29,9 @@ class JobRequest(msgspec.Struct, frozen=True):
 
     messages: list[Message]
     params: GenerationParams
+    # The gateway's X-Request-ID, so the worker's log lines for this job carry
+    # it too (streamworker/logs.py). Not secret, not the prompt.
+    request_id: str = ""
 
 
 class JobRecord(msgspec.Struct, kw_only=True):

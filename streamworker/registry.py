@@ -35,6 +35,10 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     engine: str = ""
     started_at: int = 0
     heartbeat_at: int = 0
+    # What the gateway needs to check prompts against the context before
+    # enqueue (gateway/context_window.py): context size and the model file.
+    n_ctx: int = 0
+    model_path: str = ""
 
 
 class Registry:
@@ -52,6 +56,8 @@ class Registry:
             id=worker.consumer, model=worker.model, host=socket.gethostname(), pid=os.getpid(),
             slots=worker.slots, active=len(worker.active), gpu=self.gpu, engine=self.engine,
             started_at=self.started_at, heartbeat_at=int(time.time() * 1000),
+            n_ctx=int(getattr(worker.engine, "n_ctx", 0) or 0),
+            model_path=str(getattr(worker.engine, "path", "") or ""),
         )
 
     async def beat(self, worker: Worker) -> None:

@@ -9,7 +9,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-NAMES = ("enqueue", "start", "append", "finish", "requeue", "refresh", "cancel", "replay")
+NAMES = ("enqueue", "start", "append", "finish", "requeue", "refresh", "cancel", "replay", "prune",
+         "ratelimit")
 
 
 def _source(name: str) -> str:
@@ -29,3 +30,6 @@ class Scripts:
         self.refresh: AsyncScript = redis.register_script(_source("refresh"))
         self.cancel: AsyncScript = redis.register_script(_source("cancel"))
         self.replay: AsyncScript = redis.register_script(_source("replay"))
+        self.prune: AsyncScript = redis.register_script(_source("prune"))
+        # The gateway's per-API-key limits (gateway/ratelimit.py).
+        self.ratelimit: AsyncScript = redis.register_script(_source("ratelimit"))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
+from streamworker import logs
 from streamworker.engines.base import Done, Engine, Piece
 from streamworker.events import End, LogEntry, encode
 from streamworker.jobs import JobStatus, now_ms
@@ -214,6 +215,8 @@ class Worker:
     # -- one job ------------------------------------------------------------
 
     async def _run_job(self, entry: Entry) -> None:
+        # Each job runs in its own task, so these stay on this job's log lines.
+        logs.job_id.set(entry.job_id)
         try:
             started = await self._with_backoff(
                 lambda: self.queue.start(self.model, entry, self.consumer)
@@ -234,6 +237,7 @@ class Worker:
 
     async def _generate(self, entry: Entry, started: Started) -> None:
         request = decode_request(entry.payload)
+        logs.request_id.set(request.request_id or None)
         record = await self.queue.record(self.model, entry.job_id)
         deadline = record.deadline if record else now_ms() + 600_000
         job = Active(entry, started.attempt, deadline)
@@ -337,7 +341,11 @@ class Worker:
         if self.metrics and ok:
             self.metrics.job_finished(status.value, completion - len(resume), t0,
                                       first_token_at, record)
-        if not ok:
+        if ok:
+            # Carries job_id and request_id (context vars): the worker's end of a request's path.
+            log.info("job %s: %s, %d prompt + %d completion tokens", entry.job_id,
+                     status.value, prompt_tokens, completion)
+        else:
             log.warning("job %s: finish refused (stale attempt %d)", entry.job_id, job.attempt)
 
     async def _fail(self, job: Active, error: BaseException) -> None:

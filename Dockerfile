@@ -1,0 +1,21 @@
+# One image for the gateway and the worker (the command picks the role).
+# CPU build by default; for NVIDIA GPUs build the worker with
+#   --build-arg BASE=nvidia/cuda:12.6.3-devel-ubuntu24.04 --build-arg CMAKE_ARGS=-DGGML_CUDA=on
+# (compose.yaml does this for the `worker` service).
+ARG BASE=python:3.11-slim
+FROM ${BASE}
+ARG CMAKE_ARGS=""
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 CMAKE_ARGS=${CMAKE_ARGS}
+RUN apt-get update && apt-get install -y --no-install-recommends \
+        build-essential cmake python3 python3-pip python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml redis.conf ./
+COPY streamworker ./streamworker
+COPY gateway ./gateway
+# llama-cpp-python compiles llama.cpp here (CUDA when CMAKE_ARGS asks for it).
+RUN python3 -m venv /venv && /venv/bin/pip install .
+ENV PATH=/venv/bin:$PATH
+RUN useradd --system --home /var/lib/streamworker --create-home streamworker
+USER streamworker
+CMD ["python", "-m", "gateway"]

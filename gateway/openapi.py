@@ -1,0 +1,127 @@
+"""The OpenAPI document for the gateway's endpoints, served at /openapi.json
+in development only (ENVIRONMENT=production does not route it). There is no
+interactive UI, so nothing loads scripts from a CDN."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from streamworker import __version__
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+_ERRORS = {
+    "400": _error("Invalid request (bad JSON, wrong types, limits, context_length_exceeded)"),
+    "401": _error("Missing or incorrect API key (invalid_api_key)"),
+    "404": _error("Unknown model or path"),
+    "413": _error("Body larger than MAX_BODY_BYTES"),
+    "429": _error("Rate limit or queue full; see Retry-After and x-ratelimit-* headers"),
+    "503": _error("No live worker for the model, or Redis unavailable; see Retry-After"),
+}
+
+_MESSAGE = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+        "content": {"oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "object", "required": ["type", "text"],
+                                        "properties": {"type": {"const": "text"},
+                                                       "text": {"type": "string"}}}},
+        ]},
+        "name": {"type": "string"},
+    },
+}
+
+_SAMPLING = {
+    "model": {"type": "string"},
+    "max_tokens": {"type": "integer", "minimum": 1,
+                   "description": "Capped by MAX_TOKENS_LIMIT; default DEFAULT_MAX_TOKENS"},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    "seed": {"type": "integer"},
+    "stream": {"type": "boolean"},
+    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+    "n": {"type": "integer", "const": 1},
+    "timeout": {"type": "number", "exclusiveMinimum": 0,
+                "description": "Extension: seconds the job may wait and run"},
+}
+
+_JOB_HEADERS = [
+    {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"},
+     "description": "A retried POST with the same key returns the first job"},
+    {"name": "X-Request-ID", "in": "header", "schema": {"type": "string", "maxLength": 128},
+     "description": "Echoed back and logged; generated when absent or malformed"},
+]
+
+
+def _completion_op(summary: str, body: dict[str, Any], result: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "parameters": _JOB_HEADERS,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": {"description": f"A {result}, or an SSE stream of chunks when stream=true",
+                    "content": {"application/json": {"schema": {"type": "object"}},
+                                "text/event-stream": {"schema": {"type": "string"}}}},
+            **_ERRORS,
+        },
+    }
+
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "streamworker gateway", "version": __version__,
+             "description": "OpenAI-compatible completions served from a Redis Streams queue."},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": {
+                    "type": "object", "required": ["message", "type", "param", "code"],
+                    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                                   "param": {"type": ["string", "null"]},
+                                   "code": {"type": ["string", "null"]}},
+                }},
+            },
+        },
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/v1/chat/completions": {"post": _completion_op(
+            "Chat completion", {
+                "type": "object", "required": ["model", "messages"],
+                "properties": {**_SAMPLING, "messages": {"type": "array", "items": _MESSAGE},
+                               "max_completion_tokens": {"type": "integer", "minimum": 1}},
+            }, "chat.completion")},
+        "/v1/completions": {"post": _completion_op(
+            "Text completion (legacy)", {
+                "type": "object", "required": ["model", "prompt"],
+                "properties": {**_SAMPLING, "prompt": {"oneOf": [
+                    {"type": "string"}, {"type": "array", "items": {"type": "string"}}]}},
+            }, "text_completion")},
+        "/v1/models": {"get": {"summary": "Models with a live worker",
+                               "responses": {"200": {"description": "A model list"},
+                                             "401": _ERRORS["401"]}}},
+        "/health": {"get": {"summary": "Liveness (always open, no dependencies)",
+                            "security": [], "responses": {"200": {"description": "ok"}}}},
+        "/ready": {"get": {"summary": "Readiness: Redis and a live worker",
+                           "responses": {"200": {"description": "ready"},
+                                         "503": {"description": "not ready"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics",
+                             "responses": {"200": {"description": "text exposition"}}}},
+    },
+}
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    return web.json_response(DOCUMENT)
