@@ -83,7 +83,8 @@ class Relay:
             finish_reason=record.finish_reason or None,
             prompt_tokens=record.prompt_tokens,
             completion_tokens=record.completion_tokens,
-            code={"failed": "job_failed", "expired": "timeout", "cancelled": "cancelled"}.get(
+            code=record.error_code
+            or {"failed": "job_failed", "expired": "timeout", "cancelled": "cancelled"}.get(
                 record.status.value
             ),
             message=record.error,

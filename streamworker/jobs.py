@@ -52,6 +52,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    error_code: str | None = None
     last_error: str | None = None
 
     @classmethod

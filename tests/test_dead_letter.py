@@ -47,3 +47,32 @@ def test_poison_job_dead_letters_and_replays(start_gateway, start_worker, redis_
              timeout=20, what="replayed job to complete")
     assert r.xlen("sw:{echo-test}:dead") == 0
     assert r.hget(f"sw:{{echo-test}}:job:{job_id}", "text") == b"ECHO_FAIL now ECHO_FAIL now "
+
+
+def test_permanent_error_fails_at_once_without_retry(start_worker, redis_url, r):
+    """A prompt that cannot fit the context fails on its first attempt with
+    context_length_exceeded: no retries, no dead letter."""
+    import anyio
+    from redis.asyncio import Redis
+
+    from streamworker.engines.base import GenerationParams, Message
+    from streamworker.jobs import JobRequest
+    from streamworker.queue import Queue
+    from streamworker.settings import QueueSettings
+
+    start_worker(name="tiny-ctx", MODEL_N_CTX="64")
+
+    async def submit() -> None:
+        redis = Redis.from_url(redis_url)
+        q = Queue(redis, QueueSettings())
+        req = JobRequest([Message("user", "word " * 200)], GenerationParams(max_tokens=8))
+        await q.enqueue("gemma-3-270m", "too-long", req)
+        await redis.aclose()
+
+    anyio.run(submit)
+    key = "sw:{gemma-3-270m}:job:too-long"
+    wait_for(lambda: r.hget(key, "status") == b"failed", timeout=30, what="failed")
+    assert r.hget(key, "error_code") == b"context_length_exceeded"
+    assert r.hget(key, "attempt") == b"1" and r.hget(key, "failures") == b"0"
+    assert r.xlen("sw:{gemma-3-270m}:dead") == 0
+    assert r.xpending("sw:{gemma-3-270m}:jobs", "workers")["pending"] == 0

@@ -22,9 +22,16 @@ import msgspec
 class EngineError(Exception):
     """The engine could not run this request (bad prompt, engine fault)."""
 
+    # A permanent error fails the job at once: running it again cannot help.
+    permanent = False
+    code = "job_failed"
+
 
 class ContextLengthExceeded(EngineError):
     """Prompt plus max_tokens does not fit the model's context."""
+
+    permanent = True
+    code = "context_length_exceeded"
 
 
 class Message(msgspec.Struct, frozen=True):

@@ -60,7 +60,9 @@ class LlamaEngine(ThreadedEngine):
 
     @property
     def n_ctx(self) -> int:  # type: ignore[override]
-        return self.llm.n_ctx()
+        # llama.cpp rounds a small context up, but the Python token buffer
+        # keeps the size asked for: the smaller one is the real limit.
+        return min(self.llm.n_ctx(), len(self.llm.input_ids))
 
     def prompt_tokens(self, messages: Sequence[Message]) -> tuple[list[int], list[str]]:
         prompt, stops = self.render(messages)
