@@ -39,6 +39,10 @@ FREE_MARGIN = 0.9
 # llama.cpp decodes one sequence with every core; on a CPU, extra concurrent
 # sequences share those cores, so beyond one slot per 4 cores they add only latency.
 CPU_CORES_PER_SLOT = 4
+# The most `auto` gives one worker: per-stream speed falls as the batch grows
+# (on an H100 the batched decode's aggregate still rose at 32 sequences), and
+# llama.cpp caps sequences per context. Set a number to go beyond.
+AUTO_MAX_SLOTS = 64
 # Bytes per cached element for llama.cpp's KV cache types (block formats:
 # q8_0 stores 32 values in 34 bytes, q4_0 in 18).
 CACHE_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32,
@@ -121,6 +125,24 @@ def cpu_slots(cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // CPU_CORES_PER_SLOT)
 
 
+def engine_limit(settings: EngineSettings | None) -> tuple[int, str]:
+    """What the engine itself can run at once, whatever the memory allows."""
+    if settings is not None and settings.engine == "llama":
+        # One sequence at a time: more slots would only wait inside the worker
+        # while holding GPU semaphore tokens other processes could use.
+        return 1, "the llama engine decodes one sequence at a time (ENGINE=batched for more)"
+    return AUTO_MAX_SLOTS, f"auto stops at {AUTO_MAX_SLOTS} (set a number for more)"
+
+
+def _capped(slots: int, settings: EngineSettings | None,
+            inputs: list[tuple[str, str]]) -> int:
+    limit, why = engine_limit(settings)
+    if slots > limit:
+        inputs.append(("engine limit", f"{limit}: {why}"))
+        return limit
+    return slots
+
+
 def _gib(n: float) -> str:
     return f"{n / GiB:.2f} GiB"
 
@@ -162,7 +184,6 @@ def resolve(
     on_gpu = gpu is not None and (settings is None or settings.model_n_gpu_layers != 0)
     if shape is None or not on_gpu or gpu is None:
         cores = os.cpu_count() or 1
-        slots = cpu_slots(cores)
         why = ("no NVIDIA GPU (NVML unavailable)" if gpu is None
                else "MODEL_N_GPU_LAYERS=0 keeps the model on the CPU" if not on_gpu
                else problem)
@@ -172,13 +193,14 @@ def resolve(
             inputs.append(("model", f"{shape.arch}, {_gib(shape.file_bytes)} of weights"))
         elif gpu is None:
             inputs.append(("model", problem))
+        slots = _capped(cpu_slots(cores), settings, inputs)
         inputs += [("semaphore key", key), ("slots", str(slots))]
         return Capacity(slots, key, f"auto, CPU rule: {why}", inputs)
     n_ctx = settings.model_n_ctx if settings is not None else 4096
     per_token = CACHE_TYPE_BYTES[cache_type]
     per_request = shape.kv_bytes(n_ctx, per_token)
     base = shape.file_bytes + RUNTIME_OVERHEAD
-    slots, why = gpu_slots(gpu.total, gpu.free, base, per_request)
+    by_memory, why = gpu_slots(gpu.total, gpu.free, base, per_request)
     inputs += [
         ("GPU", f"{gpu.name} ({gpu.uuid})"),
         ("total memory", _gib(gpu.total)),
@@ -189,9 +211,11 @@ def resolve(
         ("runtime overhead", _gib(RUNTIME_OVERHEAD)),
         ("KV cache per request", f"{_gib(per_request)} (n_ctx {n_ctx}, cache {cache_type})"),
         ("rule", why),
-        ("semaphore key", key),
-        ("slots", str(slots)),
     ]
+    slots = _capped(by_memory, settings, inputs)
+    inputs += [("semaphore key", key), ("slots", str(slots))]
+    if slots < by_memory:
+        why += f"; engine limit {slots}"
     return Capacity(slots, key, f"auto: {why}", inputs)
 
 

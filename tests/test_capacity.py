@@ -98,7 +98,8 @@ def test_rule_arithmetic_matches_the_seed() -> None:
 def test_auto_with_nvml_faked_seed_example(tmp_path: Path) -> None:
     model = big_model(tmp_path)
     nvml = FakeNvml(total=32 * GiB, free=32 * GiB)
-    settings = EngineSettings(model_path=str(model), model_n_ctx=65536)
+    # The batched engine: memory is the only limit below 64 slots.
+    settings = EngineSettings(engine="batched", model_path=str(model), model_n_ctx=65536)
     cap = resolve("auto", settings, nvml=nvml)
     assert cap.slots == 1
     assert cap.gpu == "GPU-fake-0001"
@@ -109,10 +110,23 @@ def test_auto_with_nvml_faked_seed_example(tmp_path: Path) -> None:
     # Same card, an 80 GB one: four requests fit.
     assert resolve("auto", settings, nvml=FakeNvml(80 * GiB, 80 * GiB)).slots == 4
     # A smaller context per request: more slots (n_ctx 16384 -> 3 GiB each).
-    small = EngineSettings(model_path=str(model), model_n_ctx=16384)
+    small = EngineSettings(engine="batched", model_path=str(model), model_n_ctx=16384)
     assert resolve("auto", small, nvml=nvml).slots == 4  # floor(14.4 / 3)
     # A q8_0 cache: 34 bytes per 32 values, 1.59 GiB a request: floor(14.4 / 1.59).
     assert resolve("auto", small, cache_type="q8_0", nvml=nvml).slots == 9
+
+
+def test_engine_limits_what_memory_allows(tmp_path: Path) -> None:
+    model = big_model(tmp_path)
+    huge = FakeNvml(total=1024 * GiB, free=1024 * GiB)
+    # The llama engine decodes one sequence at a time: more slots would only
+    # queue inside the worker.
+    llama = resolve("auto", EngineSettings(engine="llama", model_path=str(model),
+                                           model_n_ctx=512), nvml=huge)
+    assert llama.slots == 1 and "engine limit" in dict(llama.inputs)
+    batched = resolve("auto", EngineSettings(engine="batched", model_path=str(model),
+                                             model_n_ctx=512), nvml=huge)
+    assert batched.slots == capacity.AUTO_MAX_SLOTS
 
 
 def test_cuda_visible_devices_picks_the_card(tmp_path: Path,
