@@ -106,3 +106,16 @@ def test_delete_cancels_running_job(start_gateway, start_worker):
         lambda: (j := httpx.get(f"{gw.url}/v1/jobs/{job['id']}").json())["status"] == "cancelled"
         and j, timeout=10, what="cancelled")
     assert final["result"] is None
+
+
+def test_finished_records_expire(start_gateway, start_worker, r):
+    start_worker(JOB_RESULT_TTL_SECONDS="1", **ECHO)
+    gw = start_gateway()
+    job = httpx.post(gw.url + "/v1/jobs", json=BODY, timeout=10).json()
+    wait_for(lambda: httpx.get(f"{gw.url}/v1/jobs/{job['id']}").json()["status"] == "completed",
+             timeout=10, what="completed")
+    key = f"sw:{{echo-test}}:job:{job['id']}"
+    assert 0 < r.pttl(key) <= 1000
+    assert 0 < r.pttl(f"sw:{{echo-test}}:log:{job['id']}") <= 1000
+    wait_for(lambda: not r.exists(key), timeout=5, what="record expiry")
+    assert httpx.get(f"{gw.url}/v1/jobs/{job['id']}", timeout=5).status_code == 404

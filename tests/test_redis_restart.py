@@ -45,3 +45,24 @@ def test_redis_sigkill_and_restart(redis_server, start_gateway, start_worker, r)
     wait_for(lambda: httpx.get(gw.url + "/ready", timeout=5).status_code == 200, timeout=20,
              what="ready again")
     assert r.xpending("sw:{echo-test}:jobs", "workers")["pending"] == 0
+
+
+def test_full_redis_memory_is_a_clear_503(echo_stack, r):
+    """noeviction: when Redis is out of memory the enqueue is refused whole
+    and the client gets 503 queue_out_of_memory, not a 500 or a lost job."""
+    gw, _ = echo_stack
+    body = {"model": "echo-test", "max_tokens": 2, "messages": [{"role": "user", "content": "m"}]}
+    assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    before = len(r.keys("sw:{echo-test}:job:*"))
+    r.config_set("maxmemory", "1")
+    try:
+        resp = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=10)
+    finally:
+        r.config_set("maxmemory", "512mb")
+    assert resp.status_code == 503
+    assert resp.json()["error"]["code"] == "queue_out_of_memory"
+    assert "retry-after" in resp.headers
+    assert len(r.keys("sw:{echo-test}:job:*")) == before
+    assert r.xlen("sw:{echo-test}:jobs") == 0
+    ok = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=10)
+    assert ok.status_code == 200
