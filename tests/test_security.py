@@ -350,6 +350,8 @@ def _stack_works(redis_url: str, tmp_path: Path, services: list) -> None:
              what="ready through the secured redis")
     out = client_for(gw).chat.completions.create(**CHAT, max_tokens=2)
     assert out.choices[0].message.content == "hello there "
+    password = redis_url.split(":")[2].split("@")[0]
+    assert password not in gw.output() + worker.output()  # the URL is never logged
 
 
 def test_redis_password(tmp_path, services):
