@@ -63,6 +63,9 @@ _JOB_HEADERS = [
 ]
 
 
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 def _completion_op(summary: str, body: dict[str, Any], result: str) -> dict[str, Any]:
     return {
         "summary": summary,
@@ -109,6 +112,31 @@ DOCUMENT: dict[str, Any] = {
                 "properties": {**_SAMPLING, "prompt": {"oneOf": [
                     {"type": "string"}, {"type": "array", "items": {"type": "string"}}]}},
             }, "text_completion")},
+        "/v1/jobs": {"post": {
+            **_completion_op("Submit a chat job and return at once (202)", {
+                "type": "object", "required": ["model", "messages"],
+                "properties": {**_SAMPLING, "messages": {"type": "array", "items": _MESSAGE}},
+            }, "job"),
+            "responses": {"202": {"description": "The job, queued; Location names it"},
+                          "200": {"description": "A retried Idempotency-Key: the first job"},
+                          **_ERRORS},
+        }},
+        "/v1/jobs/{job_id}": {
+            "parameters": [_JOB_ID],
+            "get": {"summary": "A job's status, attempts, result and usage",
+                    "responses": {"200": {"description": "The job"}, "404": _ERRORS["404"]}},
+            "delete": {"summary": "Cancel a job",
+                       "responses": {"200": {"description": "The job, cancelled or cancelling"},
+                                     "404": _ERRORS["404"]}},
+        },
+        "/v1/jobs/{job_id}/events": {"get": {
+            "summary": "The job's token and status events as SSE; resume with Last-Event-ID",
+            "parameters": [_JOB_ID, {"name": "Last-Event-ID", "in": "header",
+                                     "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "An event stream",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                          "404": _ERRORS["404"]},
+        }},
         "/v1/models": {"get": {"summary": "Models with a live worker",
                                "responses": {"200": {"description": "A model list"},
                                              "401": _ERRORS["401"]}}},
