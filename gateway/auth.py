@@ -36,8 +36,12 @@ from aiohttp import web
 from gateway.errors import Unauthorized
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from gateway.errors import Handler
     from gateway.settings import GatewaySettings
+
+    Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
@@ -118,7 +122,6 @@ class Keyring:
         return found
 
 
-KEYRING: web.AppKey[Keyring] = web.AppKey("keyring", Keyring)
 # The request's key (None: anonymous, allowed only when keys are not enforced).
 API_KEY = "api_key"
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
@@ -137,7 +140,7 @@ def needs_key(request: web.Request, keyring: Keyring, *, ops_protected: bool) ->
     return ops_protected or request.path not in OPS_PATHS
 
 
-def make_auth_middleware(keyring: Keyring, settings: GatewaySettings):  # type: ignore[no-untyped-def]
+def make_auth_middleware(keyring: Keyring, settings: GatewaySettings) -> Middleware:
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         token = bearer_token(request)

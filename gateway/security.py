@@ -17,7 +17,7 @@ import msgspec
 from aiohttp import web
 
 from gateway import ratelimit, state
-from gateway.auth import KEYRING, Keyring, make_auth_middleware
+from gateway.auth import Keyring, make_auth_middleware
 from gateway.context_window import ContextWindow
 from gateway.cors import Cors
 from gateway.errors import UnsupportedMediaType
@@ -30,6 +30,7 @@ from gateway.request_id import (
 from streamworker import logs
 
 if TYPE_CHECKING:
+    from gateway.auth import Middleware
     from gateway.chat import ChatJob
     from gateway.errors import Handler
     from gateway.settings import GatewaySettings
@@ -46,16 +47,15 @@ class Hardening:
         self.keyring = Keyring.from_settings(settings)
         self.cors = Cors(settings.cors_allow_origins) if settings.cors_allow_origins else None
 
-    def middlewares(self, *inner: Handler) -> list[Handler]:
+    def middlewares(self, *inner: Middleware) -> list[Middleware]:
         """Our middlewares around the app's own (`inner`, outermost first)."""
-        outer: list[Handler] = [request_id_middleware]
+        outer: list[Middleware] = [request_id_middleware]
         if self.cors is not None:
             outer.append(self.cors.middleware)
         return [*outer, *inner, make_auth_middleware(self.keyring, self.settings),
                 identity_encoding_middleware]
 
     def install(self, app: web.Application) -> None:
-        app[KEYRING] = self.keyring
         app[CONTEXT_WINDOW] = ContextWindow()
         app.on_response_prepare.append(add_response_headers)
         if self.cors is not None:
