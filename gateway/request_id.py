@@ -45,7 +45,9 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     rid = request_id_of(request)
     request[REQUEST_ID] = rid
     rid_token = logs.request_id.set(rid)
-    job_token = logs.job_id.set(None)
+    # /v1/jobs/{job_id}...: the job is known from the path; job-creating
+    # requests set it once the id exists (security.admit).
+    job_token = logs.job_id.set(request.match_info.get("job_id"))
     req_token = CURRENT_REQUEST.set(request)
     started = time.monotonic()
     status = 500
