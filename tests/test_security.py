@@ -193,6 +193,13 @@ def test_rate_limit_requests_shared_across_gateways(start_worker, start_gateway,
     raw = client_for(gw2, api_key=KEY).chat.completions.with_raw_response.create(
         **CHAT, max_tokens=1)
     assert raw.headers["x-ratelimit-limit-requests"] == "1000"
+    # Streamed responses carry them too (added before the headers go out).
+    with httpx.stream("POST", gw1.url + "/v1/chat/completions", timeout=10,
+                      json={**CHAT, "max_tokens": 2, "stream": True},
+                      headers={"Authorization": f"Bearer {KEY}"}) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        assert int(resp.headers["x-ratelimit-remaining-requests"]) < 1000
+        resp.read()
 
 
 # -- production mode, CORS, request ids --------------------------------------------
