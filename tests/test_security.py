@@ -146,7 +146,7 @@ def test_rate_limit_tokens_retry_after_honoured(start_worker, start_gateway, tmp
             assert raw.headers["x-ratelimit-reset-tokens"].endswith("s")
             assert "x-ratelimit-limit-requests" not in raw.headers  # rpm unlimited
             accepted += 1
-    assert accepted == 5
+    assert accepted >= 5  # 6000 tokens hold five 1007-token requests (more if refilled meanwhile)
     err = info.value
     assert err.status_code == 429 and err.code == "rate_limit_exceeded"
     headers = err.response.headers
