@@ -63,6 +63,7 @@ class GpuSemaphore:
         self.lease_ms = int(lease_seconds * 1000)
         self.poll_seconds = poll_seconds
         self.by_entry: dict[str, str] = {}  # running entry id -> its token
+        self._fresh = True  # tokens of a previous life not yet cleared
         self._acquire = _script(redis, "semaphore_acquire.lua")
         self._renew = _script(redis, "semaphore_renew.lua")
 
@@ -75,6 +76,8 @@ class GpuSemaphore:
     async def grant(self, n: int) -> AsyncIterator[Grant]:
         """Take up to n free slots (maybe none) for the duration of a read.
         Tokens assigned to entries stay held; the rest go back on exit."""
+        if self._fresh:
+            await self._forget_previous_life()
         tokens = [self._token() for _ in range(n)] if n > 0 else []
         granted: list[bytes] = await self._acquire(
             keys=[self.key], args=[self.limit, self.lease_ms, *tokens]
@@ -87,6 +90,29 @@ class GpuSemaphore:
             unused = [t for t in grant.tokens if t not in grant.assigned.values()]
             if unused:
                 await self._zrem(unused)
+
+    async def forget_previous_life(self) -> int:
+        """Drop tokens a killed process with this stable name left behind, so
+        a restarted worker gets its slots back now, not after their lease.
+        (Worker names are unique per running instance, like consumer names.)"""
+        prefix = f"{self.owner}:".encode()
+        members = await self.redis.zrange(self.key, 0, -1)
+        stale = [m for m in members if m.startswith(prefix)]
+        if stale:
+            await self.redis.zrem(self.key, *stale)
+        return len(stale)
+
+    async def _forget_previous_life(self) -> None:
+        """Worker names are stable and unique (host + instance), so tokens
+        under our name belong to this worker's previous process (killed, then
+        restarted by systemd): free them now rather than after their lease,
+        as the worker takes back its own pending entries at once too."""
+        mine = [m for m in await self.redis.zrange(self.key, 0, -1)
+                if m.decode().rsplit(":", 1)[0] == self.owner]
+        if mine:
+            await self.redis.zrem(self.key, *mine)
+            log.info("freed %d GPU slot(s) held by this worker's previous process", len(mine))
+        self._fresh = False
 
     async def release(self, entry_id: str) -> None:
         """The job of this entry ended: its slot is free for any process."""

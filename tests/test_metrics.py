@@ -3,13 +3,15 @@ worker, parsed with prometheus_client's parser, and seen to move."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ECHO
-from tests.harness import free_port, wait_for
+from tests.harness import PYTHON, ROOT, free_port, wait_for
 
 Samples = list[tuple[str, dict[str, str], float]]
 
@@ -94,3 +96,19 @@ def test_gateway_and_worker_metrics_move(start_gateway, start_worker) -> None:
     assert value(worker, "proxy_capacity") == 1 and value(worker, "proxy_active_jobs") == 0
     # The metrics port also answers the orchestrator's health check.
     assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["status"] == "ok"
+
+
+def test_inspect_counts_jobs_by_status(start_gateway, start_worker, redis_url: str) -> None:
+    start_worker(name="insp", WORKER_CONCURRENCY="2", **ECHO)
+    gateway = start_gateway()
+    for i in range(3):
+        assert httpx.post(gateway.url + "/v1/chat/completions", timeout=30, json={
+            "model": "echo-test", "max_tokens": 2,
+            "messages": [{"role": "user", "content": f"i{i}"}]}).status_code == 200
+    out = subprocess.run([PYTHON, "-m", "streamworker", "inspect"], cwd=ROOT, timeout=60,
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "REDIS_URL": redis_url}).stdout
+    assert "job records by status: completed=3" in out
+    assert "XINFO STREAM: length=0" in out  # finished entries are acked and deleted
+    assert "insp: model=echo-test slots=2" in out
+    assert "GPU semaphore sw:gpu:" in out

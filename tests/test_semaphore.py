@@ -58,6 +58,26 @@ def test_grant_release_and_lease_expiry(redis_url: str) -> None:
     asyncio.run(main())
 
 
+def test_a_restarted_worker_takes_back_its_own_slots(redis_url: str) -> None:
+    async def main() -> None:
+        r = Redis.from_url(redis_url)
+        old = GpuSemaphore(r, "gpu-y", 2, owner="host-0", lease_seconds=60)
+        other = GpuSemaphore(r, "gpu-y", 2, owner="host-0x", lease_seconds=60)
+        async with old.grant(1) as g:
+            g.assign("e1")  # then the process is killed: no release, no renewal
+        async with other.grant(1) as g:
+            g.assign("e2")
+        # The same worker name restarted: its previous life's slot is freed
+        # at once, not after the 60 s lease; another worker's is untouched.
+        new = GpuSemaphore(r, "gpu-y", 2, owner="host-0", lease_seconds=60)
+        async with new.grant(2) as g:
+            assert len(g) == 1
+        assert [t for t, _ in await holders(r, "gpu-y")] == [other.by_entry["e2"]]
+        await r.aclose()
+
+    asyncio.run(main())
+
+
 def _sample(r: redis_sync.Redis, stream: str, sem_key: str, stop: threading.Event,
             seen: dict[str, int]) -> None:
     """Largest number of running entries and held slots seen."""
