@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 import msgspec
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway import chat, state
+from gateway import chat, jobs_api, state
 from gateway.errors import error_middleware
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics, metrics_handler, metrics_middleware
@@ -90,9 +89,8 @@ def create_app(
             models=ModelDirectory(redis), metrics=GatewayMetrics(),
         )
         listener = asyncio.create_task(hub.run(), name="pubsub-hub")
-        started = time.monotonic()
-        while not hub.connected and time.monotonic() - started < 5:
-            await asyncio.sleep(0.02)
+        # Serve even if Redis is down at start: /ready says so until it is up.
+        await hub.wait_connected(5)
         try:
             yield
         finally:
@@ -108,4 +106,5 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_handler)
+    jobs_api.add_routes(app)
     return app

@@ -13,10 +13,11 @@ from typing import TypeVar
 
 import msgspec
 from aiohttp import web
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from gateway import queue_position, security, state
 from gateway.errors import (
+    ContextLengthExceeded,
     ApiError,
     BadRequest,
     Conflict,
@@ -196,60 +197,84 @@ def parse_completion(body: bytes, settings: GatewaySettings) -> ChatJob:
     )
 
 
+async def enqueue_job(
+    app: web.Application, job: ChatJob, job_id: str, *, idempotency_key: str | None = None
+) -> tuple[str, bool]:
+    """Enqueue atomically with the queue bound. Returns (job id, created):
+    a retried Idempotency-Key returns the first job's id and False."""
+    # Context length and per-key rate limits: refused here, nothing enqueued.
+    job = await security.admit(app, job, job_id)
+    st = state.of(app)
+    capacity = await st.models.require(job.model)
+    settings = st.settings
+    max_queue = settings.max_queue or settings.max_queue_per_slot * capacity
+    try:
+        return await st.queue.enqueue(
+            job.model, job_id, job.request, timeout_seconds=job.timeout,
+            max_queue=max_queue, idempotency_key=idempotency_key,
+        )
+    except jobqueue.QueueFull as full:
+        st.metrics.rejected.inc()
+        raise QueueFull(
+            f"The queue for model '{job.model}' is full ({full.depth} jobs waiting); "
+            "retry later.",
+            headers={"Retry-After": str(_retry_after(full.depth, capacity))},
+        ) from None
+    except ResponseError as exc:
+        if isinstance(exc, OutOfMemoryError) or "OOM" in str(exc):
+            # maxmemory with noeviction: Redis refuses writes rather than
+            # evicting jobs; tell the client plainly.
+            raise ServiceUnavailable(
+                "The queue is out of memory and cannot accept jobs; retry later.",
+                code="queue_out_of_memory", headers={"Retry-After": "10"},
+            ) from None
+        raise
+    except (RedisError, OSError) as exc:
+        raise _unavailable() from exc
+
+
+def _unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "The queue is unavailable; retry later.", headers={"Retry-After": "2"}
+    )
+
+
+@contextlib.asynccontextmanager
+async def subscribed(app: web.Application, model: str, job_id: str) -> AsyncIterator[Relay]:
+    """A relay for an existing job (its channel subscribed for the block)."""
+    st = state.of(app)
+    try:
+        cm = st.hub.subscribe(model_keys(model).channel(job_id))
+        inbox = await cm.__aenter__()
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise _unavailable() from exc
+    try:
+        yield Relay(st.queue, model, job_id, inbox, keepalive=st.settings.sse_keepalive_seconds)
+    finally:
+        await cm.__aexit__(None, None, None)
+
+
 @contextlib.asynccontextmanager
 async def submit(
     app: web.Application, job: ChatJob, *, idempotency_key: str | None = None
 ) -> AsyncIterator[tuple[str, Relay]]:
     """Subscribe the job's channel, then enqueue it, then hand back a relay.
     Subscribing first means no event of the job can be missed."""
-    st = state.of(app)
-    capacity = await st.models.require(job.model)
-    settings = st.settings
-    max_queue = settings.max_queue or settings.max_queue_per_slot * capacity
     job_id = new_job_id()
-    # Context length and per-key rate limits: refused here, nothing enqueued.
-    job = await security.admit(app, job, job_id)
-    keys = model_keys(job.model)
-    try:
-        async with st.hub.subscribe(keys.channel(job_id)) as inbox:
-            try:
-                job_id_final, _created = await st.queue.enqueue(
-                    job.model, job_id, job.request, timeout_seconds=job.timeout,
-                    max_queue=max_queue, idempotency_key=idempotency_key,
-                )
-            except jobqueue.QueueFull as full:
-                st.metrics.rejected.inc()
-                raise QueueFull(
-                    f"The queue for model '{job.model}' is full ({full.depth} jobs waiting); "
-                    "retry later.",
-                    headers={"Retry-After": str(_retry_after(full.depth, capacity))},
-                ) from None
-            if job_id_final != job_id:
-                # A retried Idempotency-Key: relay the first job instead.
-                async with st.hub.subscribe(keys.channel(job_id_final)) as inbox2:
-                    yield job_id_final, _relay(app, job.model, job_id_final, inbox2)
-                return
-            yield job_id, _relay(app, job.model, job_id, inbox)
-    except ResponseError as exc:
-        if "OOM" in str(exc):
-            raise ServiceUnavailable(
-                "The queue is out of memory and cannot accept jobs; retry later.",
-                code="queue_out_of_memory", headers={"Retry-After": "10"},
-            ) from None
-        raise
-    except (RedisError, OSError, TimeoutError):
-        raise ServiceUnavailable(
-            "The queue is unavailable; retry later.", headers={"Retry-After": "2"}
-        ) from None
+    async with subscribed(app, job.model, job_id) as relay:
+        final_id, _created = await enqueue_job(app, job, job_id, idempotency_key=idempotency_key)
+        if final_id == job_id:
+            yield job_id, relay
+            return
+    # A retried Idempotency-Key: relay the first job (its log replays what
+    # was already sent, then live events).
+    async with subscribed(app, job.model, final_id) as relay:
+        relay.resume = True
+        yield final_id, relay
 
 
 def _retry_after(depth: int, capacity: int) -> int:
     return max(1, min(60, depth // max(capacity, 1)))
-
-
-def _relay(app: web.Application, model: str, job_id: str, inbox: asyncio.Queue[bytes]) -> Relay:
-    st = state.of(app)
-    return Relay(st.queue, model, job_id, inbox, keepalive=st.settings.sse_keepalive_seconds)
 
 
 def end_error(end: End) -> ApiError:
@@ -258,6 +283,8 @@ def end_error(end: End) -> ApiError:
         return Timeout(end.message or "The job reached its deadline.", code="timeout")
     if end.status == "cancelled":
         return Conflict(end.message or "The job was cancelled.", code="cancelled")
+    if end.code == "context_length_exceeded":
+        return ContextLengthExceeded(end.message or "The prompt is too long.", param="messages")
     return JobFailed(end.message or "The job failed.")
 
 

@@ -42,6 +42,13 @@ class Hub:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    async def wait_connected(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
     async def run(self) -> None:
         """Read messages forever, reconnecting with backoff."""
         delay = 0.1

@@ -91,17 +91,6 @@ class GpuSemaphore:
             if unused:
                 await self._zrem(unused)
 
-    async def forget_previous_life(self) -> int:
-        """Drop tokens a killed process with this stable name left behind, so
-        a restarted worker gets its slots back now, not after their lease.
-        (Worker names are unique per running instance, like consumer names.)"""
-        prefix = f"{self.owner}:".encode()
-        members = await self.redis.zrange(self.key, 0, -1)
-        stale = [m for m in members if m.startswith(prefix)]
-        if stale:
-            await self.redis.zrem(self.key, *stale)
-        return len(stale)
-
     async def _forget_previous_life(self) -> None:
         """Worker names are stable and unique (host + instance), so tokens
         under our name belong to this worker's previous process (killed, then

@@ -20,10 +20,11 @@ import anyio
 from redis.exceptions import RedisError, ResponseError
 
 from streamworker import logs
-from streamworker.engines.base import Done, Engine, Piece
+from streamworker.engines.base import Done, Engine, EngineError, Piece
 from streamworker.events import End, LogEntry, encode
 from streamworker.jobs import JobStatus, now_ms
 from streamworker.queue import Entry, Queue, Started, decode_request
+from streamworker.registry import live_workers
 from streamworker.semaphore import Grant
 
 if TYPE_CHECKING:
@@ -80,6 +81,8 @@ class Worker:
         self.active: dict[str, Active] = {}
         self._slot_freed = anyio.Event()
         self._stopping = False
+        # When to look for entries of dead workers (or our own retries) next.
+        self._next_reclaim = 0.0
         self.jobs_done = 0
 
     @property
@@ -123,7 +126,6 @@ class Worker:
 
     async def _fetch_loop(self, jobs: anyio.abc.TaskGroup, burst: bool) -> None:
         own_checked = False
-        next_reclaim = 0.0
         try:
             while True:
                 if self.free <= 0:
@@ -147,7 +149,7 @@ class Worker:
                                 self.model, self.consumer, want, None, own=True
                             )
                             own_checked = True
-                        if time.monotonic() >= next_reclaim and len(entries) < want:
+                        if time.monotonic() >= self._next_reclaim and len(entries) < want:
                             reclaimed = await self.queue.reclaim(
                                 self.model, self.consumer, want - len(entries)
                             )
@@ -156,8 +158,8 @@ class Worker:
                                 if self.metrics:
                                     self.metrics.reclaimed.inc(len(reclaimed))
                             entries += reclaimed
-                            next_reclaim = (time.monotonic()
-                                            + self.queue.settings.job_lease_seconds / 4)
+                            self._next_reclaim = (time.monotonic()
+                                                  + self.queue.settings.job_lease_seconds / 4)
                         if not entries:
                             block = 10 if burst else self.block_ms
                             entries = await self.queue.read(
@@ -186,8 +188,12 @@ class Worker:
     async def _lease_loop(self) -> None:
         """Renew leases well inside JOB_LEASE_SECONDS; stop jobs we lost."""
         interval = self.queue.settings.job_lease_seconds / 3
+        rounds = 0
         while True:
             await anyio.sleep(interval)
+            rounds += 1
+            if rounds % 30 == 0:
+                await self._prune_consumers()
             ids = [eid for eid, a in self.active.items() if a.attempt]
             try:
                 lost = await self.queue.refresh(self.model, self.consumer, ids)
@@ -198,6 +204,21 @@ class Worker:
                 if (job := self.active.get(eid)) is not None:
                     log.warning("lease lost for job %s; stopping it", job.entry.job_id)
                     job.stop("stale")
+
+    async def _prune_consumers(self) -> None:
+        """Forget consumers of workers long gone, once their entries have been
+        claimed (pitfall: DELCONSUMER on a consumer with pending entries
+        orphans them)."""
+        try:
+            live = {w.id for w in await live_workers(self.queue.redis)}
+            removed = await self.queue.prune_consumers(
+                self.model, live | {self.consumer}, 10 * self.queue.lease_ms
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("consumer cleanup skipped (%s)", exc)
+            return
+        if removed:
+            log.info("removed %d gone consumer(s): %s", len(removed), ", ".join(removed))
 
     async def _drain(self) -> None:
         """Shutdown: let running jobs finish within the grace period, then
@@ -304,6 +325,15 @@ class Worker:
 
         if job.stop_reason == "stale":
             return  # another attempt owns the job; write nothing
+        if isinstance(error, EngineError) and error.permanent:
+            # The request itself is at fault (e.g. too long): fail it now with
+            # a code the gateway maps to a 4xx; no retry, no dead letter.
+            end = End(status=JobStatus.FAILED.value, code=error.code, message=str(error))
+            await self._with_backoff(lambda: self.queue.finish(
+                self.model, entry, job.attempt, JobStatus.FAILED.value, encode(end),
+                {"error": str(error), "error_code": error.code},
+            ))
+            return
         if error is not None:
             await self._fail(job, error)
             return
@@ -358,6 +388,9 @@ class Worker:
                 self.model, job.entry, job.attempt, self.consumer, error=message, delay_ms=delay
             )
         )
+        if outcome == "requeued":
+            # Our own XAUTOCLAIM may take the retry as soon as its backoff ends.
+            self._next_reclaim = min(self._next_reclaim, time.monotonic() + delay / 1000 + 0.05)
         log.warning("job %s attempt %d failed (%s): %s", job.entry.job_id, job.attempt,
                     outcome, message)
         if self.metrics and outcome == "dead":
