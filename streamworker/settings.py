@@ -77,6 +77,10 @@ class EngineSettings(msgspec.Struct, kw_only=True):
     echo_token_interval_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     # Echo test double only: a user message containing this fails every time.
     echo_fail_marker: str = "ECHO_FAIL"
+    # Echo test double only: run every admitted job at once on the event loop
+    # (no thread, slots = WORKER_CONCURRENCY), as a batched engine would; the
+    # relay benchmark uses it to drive hundreds of streams from one worker.
+    echo_concurrent: bool = False
 
 
 class WorkerSettings(msgspec.Struct, kw_only=True):

@@ -10,9 +10,12 @@ poison job for the tests).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+import anyio
 
 from streamworker.engines.base import (
     Done,
@@ -34,6 +37,9 @@ class EchoEngine(ThreadedEngine):
         self.model_name = settings.model_name
         self.interval = settings.echo_token_interval_ms / 1000.0
         self.fail_marker = settings.echo_fail_marker
+        self.concurrent = settings.echo_concurrent
+        if self.concurrent:
+            self.slots = settings.slots
 
     @staticmethod
     def words(messages: Sequence[Message]) -> list[str]:
@@ -49,6 +55,7 @@ class EchoEngine(ThreadedEngine):
         params: GenerationParams,
         resume: Sequence[Piece],
         cancel: threading.Event,
+        pace: bool = True,
     ) -> Iterator[Piece | Done]:
         words = self.words(messages)
         if self.fail_marker and any(self.fail_marker in w for w in words):
@@ -63,7 +70,7 @@ class EchoEngine(ThreadedEngine):
             if cancel.is_set():
                 yield Done("cancelled", prompt_tokens)
                 return
-            if self.interval:
+            if self.interval and pace:
                 next_at += self.interval
                 delay = next_at - time.monotonic()
                 if delay > 0:
@@ -81,6 +88,36 @@ class EchoEngine(ThreadedEngine):
     @staticmethod
     def _bytes(words: list[str], i: int) -> bytes:
         return (words[i % len(words)] + " ").encode()
+
+    async def generate(
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        resume: Sequence[Piece],
+        cancel: threading.Event,
+    ) -> AsyncIterator[Piece | Done]:
+        if not self.concurrent:
+            async with contextlib.aclosing(
+                super().generate(messages, params, resume, cancel)
+            ) as items:
+                async for item in items:
+                    yield item
+            return
+        # ECHO_CONCURRENT: the same items, paced with an async sleep instead
+        # of a thread, so every admitted job runs at once (a thread each would
+        # not scale to the relay benchmark's 1000 streams). Producing a word
+        # is not blocking work, so it may run on the loop.
+        next_at = time.monotonic()
+        for item in self._generate_sync(messages, params, resume, cancel, pace=False):
+            if self.interval and isinstance(item, Piece) and item.token >= 0:
+                next_at += self.interval
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    await anyio.sleep(delay)
+                if cancel.is_set():
+                    yield Done("cancelled", self.count_prompt_tokens(messages))
+                    return
+            yield item
 
     def close(self) -> None:
         pass
