@@ -22,6 +22,10 @@ demo *args:
 test *args:
     {{python}} -m pytest -q {{args}}
 
+# benchmarks -> docs/benchmarks.md + PNG chart (--smoke: tiny sizes; --build-cpp: C++ limit)
+bench *args:
+    {{python}} -m ops.bench {{args}}
+
 # lint and format check
 lint:
     {{python}} -m ruff check .

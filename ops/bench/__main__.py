@@ -1,0 +1,132 @@
+"""`just bench [--smoke] [--build-cpp]`: run every figure, write the report.
+
+Everything runs on this machine against 127.0.0.1 with bounded load: a
+private redis-server, the gateway and workers as child processes (the test
+harness's wrappers), the peer llama_cpp.server, and the C++ benchmarks when
+they are built. --smoke runs each figure at tiny sizes (CI keeps it working).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # `tests.harness` and the packages, from any cwd
+
+from ops.bench import cpp, echo_figures, load, model_figures, report, stack  # noqa: E402
+from streamworker.engines.model_file import resolve_model_path  # noqa: E402
+
+
+def cpu_name() -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="just bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the suite runs")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--cpp-build-dir", type=Path, default=ROOT / ".run" / "llama.cpp-build",
+                    help="where llama-bench is (or is built with --build-cpp)")
+    ap.add_argument("--build-cpp", action="store_true",
+                    help="build llama-bench from the llama-cpp-python sdist (~15 min, 2 cores)")
+    ap.add_argument("--no-peer", action="store_true", help="skip llama_cpp.server")
+    args = ap.parse_args(argv)
+
+    smoke = args.smoke
+    threads = os.cpu_count() or 1
+    tokens = 8 if smoke else 64
+    repeats = 1 if smoke else 3
+    levels = [1, 2] if smoke else [1, 2, 4, 8]
+    n_ctx = 4096
+    model_path = str(resolve_model_path(os.environ.get("MODEL_PATH", "")))
+    model_env = {"MODEL_N_THREADS": str(threads), "MODEL_N_CTX": str(n_ctx),
+                 "MODEL_PATH": model_path}
+    meta = {
+        "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu_name(), "cores": threads, "threads": threads, "tokens": tokens,
+        "repeats": repeats, "model": Path(model_path).name, "load_start": load.loadavg(),
+        "notes": [], "caveats": [],
+    }
+    results: dict = {"meta": meta}
+
+    def step(what: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {what}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = Path(tmp)
+        with stack.redis(workdir) as server:
+            step("figure 1: added latency (echo)")
+            results["latency"] = echo_figures.added_latency(server, workdir,
+                                                            10 if smoke else 300)
+            step("figure 3: relay capacity (echo)")
+            results["relay"] = echo_figures.relay_capacity(
+                server, workdir, [5, 10] if smoke else [100, 500, 1000],
+                tokens=10 if smoke else 300, interval_ms=20.0)
+
+            m: dict = {"memory": {}}
+            step("figure 2: in-process llama-cpp-python")
+            highlevel = model_figures.inprocess_highlevel(model_path, threads, n_ctx, tokens,
+                                                          repeats)
+            m["inproc_highlevel"] = highlevel
+            step("figures 2+4: in-process batched engine")
+            inproc_single, m["inproc_batched_rounds"] = model_figures.inprocess_batched(
+                model_path, threads, n_ctx, tokens, repeats, levels)
+            step("figures 2+4+5: llama worker (1 slot) through the path")
+            llama_single, m["path_llama_rounds"], mem = model_figures.through_path(
+                server, workdir, "through the path, llama worker (1 slot)", "llama", 1,
+                model_env, tokens, repeats, levels)
+            m["memory"]["llama engine, 1 slot"] = mem
+            step("figure 5: batched worker, 1 slot")
+            _, _, mem = model_figures.through_path(
+                server, workdir, "batched worker, 1 slot", "batched", 1, model_env, tokens,
+                1, [])
+            m["memory"]["batched engine, 1 slot"] = mem
+            step(f"figures 2+4+5: batched worker ({max(levels)} slots) through the path")
+            batched_single, m["path_batched_rounds"], mem = model_figures.through_path(
+                server, workdir, f"through the path, batched worker ({max(levels)} slots)",
+                "batched", max(levels), model_env, tokens, repeats, levels)
+            m["memory"][f"batched engine, {max(levels)} slots"] = mem
+        singles = [highlevel, inproc_single, llama_single, batched_single]
+        why_not = "--no-peer" if args.no_peer else stack.peer_available()
+        if why_not is None:
+            step("figures 2+4: llama_cpp.server (peer)")
+            peer_levels = [1, 2] if smoke else [1, 4]
+            peer_single, m["peer_rounds"] = model_figures.peer(
+                model_path, threads, n_ctx, workdir, tokens, repeats, peer_levels)
+            singles.append(peer_single)
+        else:
+            m["peer_skipped"] = why_not
+        m["singles"] = singles
+        results["model"] = m
+
+    binaries = cpp.find(args.cpp_build_dir)
+    if binaries is None and args.build_cpp:
+        step("building llama-bench from the llama-cpp-python sdist")
+        binaries = cpp.build(args.cpp_build_dir, ROOT / ".run" / "llama.cpp-src")
+    if binaries is not None:
+        step("C++ limit: llama-bench, llama-batched-bench")
+        results["cpp"] = {**cpp.measure(binaries, model_path, threads, tokens, levels),
+                          "measured": True}
+    else:
+        results["cpp"] = {**cpp.REFERENCE, "measured": False}
+        meta["notes"].append(
+            "The C++ figures are the issue's, measured on this machine type when it was "
+            "filed, **not in this run**: llama-bench was not built (`just bench --build-cpp`).")
+    meta["load_end"] = load.loadavg()
+    png = report.write(results, args.out)
+    step(f"wrote {args.out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

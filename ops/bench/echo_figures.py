@@ -1,0 +1,128 @@
+"""Figures 1 and 3, with the echo engine (the test double): what the path
+itself costs, and how many tokens one gateway process can relay."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ops.bench import load, stack
+from streamworker.engines.base import Done, GenerationParams, Message, Piece
+from streamworker.engines.echo import EchoEngine
+from streamworker.settings import EngineSettings
+
+PROMPT = "alpha beta gamma delta epsilon zeta eta theta"
+ECHO = {"ENGINE": "echo", "MODEL_NAME": "echo"}
+
+
+async def _inprocess_ttft(requests: int) -> list[float]:
+    engine = EchoEngine(EngineSettings(engine="echo", model_name="echo"))
+    out = []
+    for _ in range(requests):
+        t0 = time.perf_counter()
+        async for item in engine.generate([Message("user", PROMPT)],
+                                          GenerationParams(max_tokens=4), [], threading.Event()):
+            if isinstance(item, Piece) and item.text:
+                out.append(time.perf_counter() - t0)
+                break
+            if isinstance(item, Done):
+                break
+    return out
+
+
+def added_latency(server: stack.RedisServer, workdir: Path, requests: int) -> dict:
+    """Figure 1: TTFT through gateway + Redis + worker + pub/sub + SSE, one
+    request at a time, against calling the same engine in-process."""
+    inproc = asyncio.run(_inprocess_ttft(requests))
+    with stack.worker(server, workdir, "echo-latency", **ECHO), \
+            stack.gateway(server, workdir) as gw:
+
+        async def run() -> list[load.Stream]:
+            async with load.session() as s:
+                for _ in range(min(20, requests)):  # warm up connections and scripts
+                    await load.stream_chat(s, gw.url, "echo", PROMPT, 4)
+                return [await load.stream_chat(s, gw.url, "echo", PROMPT, 4)
+                        for _ in range(requests)]
+
+        streams = asyncio.run(run())
+    path = [s.ttft for s in streams if s.ttft is not None]
+    result = {"requests": requests, "errors": sum(not s.ok for s in streams)}
+    for name, values in (("inproc", inproc), ("path", path)):
+        result[f"{name}_p50_ms"] = 1000 * load.pct(values, 50)
+        result[f"{name}_p99_ms"] = 1000 * load.pct(values, 99)
+    result["added_p50_ms"] = result["path_p50_ms"] - result["inproc_p50_ms"]
+    result["added_p99_ms"] = result["path_p99_ms"] - result["inproc_p99_ms"]
+    return result
+
+
+@dataclass
+class RelayLevel:
+    clients: int
+    tokens_per_stream: int
+    interval_ms: float
+    wall_s: float
+    tokens: int
+    errors: int
+    incomplete: int
+    gateway_cpu_pct: float
+    gateway_rss_mib: float
+    gateway_peak_rss_mib: float
+    worker_cpu_pct: float
+    ttft_p50_ms: float | None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+    @property
+    def offered_per_s(self) -> float:
+        return self.clients * 1000 / self.interval_ms
+
+
+def relay_capacity(
+    server: stack.RedisServer, workdir: Path, levels: list[int], tokens: int, interval_ms: float,
+) -> list[RelayLevel]:
+    """Figure 3: N concurrent SSE clients, each job producing a token every
+    `interval_ms`, all through one gateway process. The echo worker runs every
+    admitted job at once (ECHO_CONCURRENT) so the gateway, not the engine, is
+    what is measured."""
+    results = []
+    slots = str(max(levels))
+    env = {**ECHO, "ECHO_CONCURRENT": "1", "ECHO_TOKEN_INTERVAL_MS": str(interval_ms),
+           "WORKER_CONCURRENCY": slots}
+    with stack.worker(server, workdir, "echo-relay", **env) as w, \
+            stack.gateway(server, workdir) as gw:
+        gw_stat, w_stat = load.ProcStat(gw.pid), load.ProcStat(w.pid)
+        for clients in levels:
+            rss_samples: list[float] = []
+            stop = threading.Event()
+
+            def sample(stat: load.ProcStat = gw_stat, out: list[float] = rss_samples,
+                       done: threading.Event = stop) -> None:
+                while not done.wait(0.2):
+                    out.append(stat.rss_mib())
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            cpu_gw, cpu_w = gw_stat.cpu_seconds(), w_stat.cpu_seconds()
+            prompts = [f"{PROMPT} client{i}" for i in range(clients)]
+            streams, wall = asyncio.run(load.concurrent(gw.url, "echo", prompts, tokens,
+                                                        limit_s=120))
+            stop.set()
+            sampler.join()
+            results.append(RelayLevel(
+                clients=clients, tokens_per_stream=tokens, interval_ms=interval_ms,
+                wall_s=wall, tokens=sum(s.tokens for s in streams if s.ok),
+                errors=sum(bool(s.error) for s in streams),
+                incomplete=sum(s.ok and s.tokens != tokens for s in streams),
+                gateway_cpu_pct=100 * (gw_stat.cpu_seconds() - cpu_gw) / wall,
+                gateway_rss_mib=max(rss_samples, default=gw_stat.rss_mib()),
+                gateway_peak_rss_mib=gw_stat.peak_rss_mib(),
+                worker_cpu_pct=100 * (w_stat.cpu_seconds() - cpu_w) / wall,
+                ttft_p50_ms=(1000 * v if (v := load.pct(
+                    [s.ttft for s in streams if s.ttft is not None], 50)) else None),
+            ))
+    return results
