@@ -68,8 +68,8 @@ class GpuSemaphore:
         self._renew = _script(redis, "semaphore_renew.lua")
 
     def _token(self) -> str:
-        # The owner name makes `ZRANGE` readable; the random part keeps a
-        # restarted process with the same name from reusing a dead one's token.
+        # The owner name makes `ZRANGE` readable and lets a restarted worker
+        # find its previous life's tokens; the random part tells tokens apart.
         return f"{self.owner}:{uuid.uuid4().hex[:12]}"
 
     @contextlib.asynccontextmanager
