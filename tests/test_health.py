@@ -96,8 +96,11 @@ def test_a_dead_engine_stops_heartbeating(redis_url: str) -> None:
                                        engine=engine)
         registry = Registry(r, interval=0.05)
         beats = asyncio.create_task(registry.heartbeat_loop(worker))  # type: ignore[arg-type]
-        while not await r.exists(keys.worker("wd")):
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            while True:  # the first heartbeat lands
+                if await r.exists(keys.worker("wd")):
+                    break
+                await asyncio.sleep(0.01)
         assert registry.health(worker) is None  # type: ignore[arg-type]
         engine.running = False
         await asyncio.wait_for(beats, timeout=10)  # the loop ends by itself
