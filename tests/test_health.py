@@ -110,3 +110,14 @@ def test_a_dead_engine_stops_heartbeating(redis_url: str) -> None:
         await r.aclose()
 
     asyncio.run(main())
+
+
+def test_batched_engine_reports_its_decode_thread() -> None:
+    from streamworker.engines.batched import BatchedEngine
+    from streamworker.registry import engine_alive
+    from streamworker.settings import EngineSettings
+
+    engine = BatchedEngine(EngineSettings(engine="batched", model_n_ctx=256, slots=1))
+    assert engine_alive(engine)
+    engine.close()  # the decode thread ends, as it would if it crashed
+    assert not engine_alive(engine)

@@ -222,6 +222,12 @@ class BatchedEngine:
                     while not isinstance(await inbox.get(), (Done, BaseException)):
                         pass
 
+    def alive(self) -> bool:
+        """False once the decode thread is gone (nothing would ever decode
+        again): the worker then stops heartbeating and exits to be restarted
+        (streamworker.registry.engine_alive)."""
+        return self._thread.is_alive()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
