@@ -5,13 +5,24 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo ">> installing redis-server (Debian package)" >&2
+# Debian packages: redis-server always; for the test suite also the tools
+# that check the ops files for real (nginx -t and a live nginx, promtool,
+# systemd-analyze verify, docker-compose config).
+need=""
+command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
+if [ "${1:-}" = "test" ]; then
+    command -v nginx >/dev/null 2>&1 || need="$need nginx-light"
+    command -v promtool >/dev/null 2>&1 || need="$need prometheus"
+    command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
+    command -v docker-compose >/dev/null 2>&1 || need="$need docker-compose"
+fi
+if [ -n "$need" ]; then
+    echo ">> installing Debian packages:$need" >&2
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q redis-server
-    # Debian starts a system redis on 6379; the project runs its own instances.
+    # --no-install-recommends: the tools only, no extra daemons.
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $need
 fi
 
 if [ ! -x .venv/bin/python ]; then

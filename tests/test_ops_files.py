@@ -57,6 +57,14 @@ def metric_names(expr: str) -> set[str]:
             if not m.isdigit()} - {"e"}
 
 
+def missing_tool(why: str) -> None:
+    """Off CI, a missing checker skips; in CI (where `sh ops/dev.sh test`
+    installs them) it is a failure, never a silent skip."""
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
 def test_compose_file() -> None:
     compose = load(ROOT / "compose.yaml")
     services = compose["services"]
@@ -92,7 +100,7 @@ def test_alert_rules_are_the_seeds_and_use_exported_names() -> None:
 
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
     if not shutil.which("promtool"):
-        pytest.skip("promtool not installed (Debian package prometheus)")
+        missing_tool("promtool not installed (Debian package prometheus)")
     subprocess.run(["promtool", "check", "rules", "alerts.yml"], cwd=OPS / "prometheus",
                    check=True, capture_output=True, timeout=60)
     out = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"],
@@ -140,7 +148,7 @@ def test_nginx_config_streams_and_rate_limits(tmp_path: Path, echo_stack) -> Non
                       "burst=20 nodelay", "limit_req_status 429;", "proxy_read_timeout"):
         assert directive in conf
     if not shutil.which("nginx"):
-        pytest.skip("nginx not installed (Debian package nginx-light)")
+        missing_tool("nginx not installed (Debian package nginx-light)")
     gateway, _ = echo_stack
     port = free_port()
     main = _nginx_conf(tmp_path, gateway.port, port)
@@ -184,7 +192,7 @@ def test_systemd_units() -> None:
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd-analyze not installed")
+        missing_tool("systemd-analyze not installed")
     python = str(ROOT / ".venv" / "bin" / "python")
     units = []
     for name, as_name in (("streamworker@.service", "streamworker@0.service"),
