@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
@@ -10,6 +10,7 @@ from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 from streamworker.settings import RedisSettings
 
 RETRY_ON = (ConnectionError, TimeoutError, BusyLoadingError, ConnectionResetError, OSError)
+POOL_WAIT_SECONDS = 10.0
 
 
 def connect(settings: RedisSettings, *, retries: int = 8) -> Redis:
@@ -19,11 +20,20 @@ def connect(settings: RedisSettings, *, retries: int = 8) -> Redis:
     Redis restart shows up as a pause, not a crash loop. Callers that loop
     forever (the worker) catch what still escapes and back off themselves.
     """
-    return Redis.from_url(
+    # A blocking pool: with more requests in flight than REDIS_MAX_CONNECTIONS
+    # (the relay benchmark's 1000 SSE clients), a command waits for a free
+    # connection instead of failing with MaxConnectionsError (a 500); after
+    # POOL_WAIT_SECONDS it fails as a ConnectionError, which callers already
+    # treat as "Redis unavailable" (503 + Retry-After at the gateway).
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
+        timeout=POOL_WAIT_SECONDS,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
         retry_on_error=list(RETRY_ON),
         health_check_interval=15,
         socket_connect_timeout=5,
     )
+    client = Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # closing the client closes its pool
+    return client
