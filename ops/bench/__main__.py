@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             step("figures 2+4: in-process batched engine")
             inproc_single, m["inproc_batched_rounds"] = model_figures.inprocess_batched(
                 model_path, threads, n_ctx, tokens, repeats, levels)
+            step("figures 2+4: in-process batched engine, fast kernels")
+            fast_single, m["inproc_fast_rounds"] = model_figures.inprocess_batched(
+                model_path, threads, n_ctx, tokens, repeats, levels, batch_invariant=False)
             step("figures 2+4+5: llama worker (1 slot) through the path")
             llama_single, m["path_llama_rounds"], mem = model_figures.through_path(
                 server, workdir, "through the path, llama worker (1 slot)", "llama", 1,
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 server, workdir, f"through the path, batched worker ({max(levels)} slots)",
                 "batched", max(levels), model_env, tokens, repeats, levels)
             m["memory"][f"batched engine, {max(levels)} slots"] = mem
-        singles = [highlevel, inproc_single, llama_single, batched_single]
+        singles = [highlevel, inproc_single, fast_single, llama_single, batched_single]
         why_not = "--no-peer" if args.no_peer else stack.peer_available()
         if why_not is None:
             step("figures 2+4: llama_cpp.server (peer)")

@@ -66,6 +66,15 @@ async def stream_chat(
                     if payload == b"[DONE]":
                         done = True
                         continue
+                    if (b'"content":"' in payload and b'"content":""' not in payload
+                            and b'"finish_reason":null' in payload):
+                        # A plain token chunk from our gateway: no need to parse
+                        # it (the client must not be what the relay test measures).
+                        out.chunks += 1
+                        if out.first is None:
+                            out.first, out.ttft = now, now - t0
+                        out.last = now
+                        continue
                     msg = msgspec.json.decode(payload)
                     if "error" in msg:
                         out.error = str(msg["error"].get("message", "error"))[:200]

@@ -110,14 +110,19 @@ def inprocess_highlevel(model_path: str, threads: int, n_ctx: int, tokens: int,
 
 
 def inprocess_batched(model_path: str, threads: int, n_ctx: int, tokens: int, repeats: int,
-                      levels: list[int]) -> tuple[Single, list[Round]]:
-    """The batched engine called directly: the engine's own limit in Python."""
+                      levels: list[int], *, batch_invariant: bool = True,
+                      ) -> tuple[Single, list[Round]]:
+    """The batched engine called directly: the engine's own limit in Python.
+    batch_invariant=False: ggml's repacked kernels and one decode for all
+    sequences (answers then depend on the load; see batched.py)."""
     from streamworker.engines.batched import BatchedEngine
     from streamworker.settings import EngineSettings
 
     engine = BatchedEngine(EngineSettings(engine="batched", model_path=model_path,
                                           model_n_threads=threads, model_n_ctx=n_ctx,
-                                          slots=max(levels)))
+                                          slots=max(levels)), batch_invariant=batch_invariant)
+    label = "batched engine in-process" + ("" if batch_invariant else
+                                           ", fast kernels (load-dependent answers)")
     params = GenerationParams(max_tokens=tokens, temperature=0.0)
 
     async def one(prompt: str) -> load.Stream:
@@ -141,7 +146,7 @@ def inprocess_batched(model_path: str, threads: int, n_ctx: int, tokens: int, re
         for n in levels:
             t0 = time.perf_counter()
             streams = await asyncio.gather(*(one(PROMPTS[i % len(PROMPTS)]) for i in range(n)))
-            rounds.append(_round("batched engine in-process", n, list(streams),
+            rounds.append(_round(label, n, list(streams),
                                  time.perf_counter() - t0, tokens))
         return singles, rounds
 
@@ -149,7 +154,7 @@ def inprocess_batched(model_path: str, threads: int, n_ctx: int, tokens: int, re
         singles, rounds = asyncio.run(main())
     finally:
         engine.close()
-    return _single("batched engine in-process (low-level API)", singles), rounds
+    return _single(label + " (low-level API)", singles), rounds
 
 
 def through_path(server: stack.RedisServer, workdir: Path, name: str, engine: str, slots: int,

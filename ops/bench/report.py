@@ -25,6 +25,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     for name, rounds, style in (
         ("through the path, batched worker", results["model"]["path_batched_rounds"], "o-"),
         ("batched engine in-process", results["model"]["inproc_batched_rounds"], "s--"),
+        ("batched engine in-process, fast kernels (load-dependent)",
+         results["model"].get("inproc_fast_rounds") or [], "d--"),
         ("through the path, llama worker (1 slot)", results["model"]["path_llama_rounds"], "^-"),
         ("llama_cpp.server (peer)", results["model"].get("peer_rounds") or [], "x:"),
     ):
@@ -134,8 +136,8 @@ def markdown(results: dict[str, Any], chart_name: str) -> str:
         "TTFT p95 (ms) | completed |",
         "|---|---|---|---|---|---|---|",
     ]
-    for key in ("path_batched_rounds", "inproc_batched_rounds", "path_llama_rounds",
-                "peer_rounds"):
+    for key in ("path_batched_rounds", "inproc_batched_rounds", "inproc_fast_rounds",
+                "path_llama_rounds", "peer_rounds"):
         rounds = m.get(key) or []
         one = next((r.aggregate for r in rounds if r.clients == 1), None)
         for r in rounds:

@@ -82,7 +82,9 @@ class _Seq:
 
 
 class BatchedEngine:
-    def __init__(self, settings: EngineSettings) -> None:
+    def __init__(self, settings: EngineSettings, *, batch_invariant: bool = True) -> None:
+        """batch_invariant=False trades the guarantee below (an answer does not
+        depend on the load) for ggml's fastest CPU kernels; benchmarks only."""
         quiet_llama_logs()
         llama_cpp.llama_backend_init()
         self.model_name = settings.model_name
@@ -97,7 +99,7 @@ class BatchedEngine:
         # others share its step (logits moved by up to 0.6 on the bundled
         # model). Without them every row takes the same path: an answer never
         # depends on the load. (No effect on GPU layers.)
-        mparams.use_extra_bufts = False
+        mparams.use_extra_bufts = not batch_invariant
         self.model = _internals.LlamaModel(path_model=str(self.path), params=mparams,
                                            verbose=False)
         self.vocab = self.model.vocab
@@ -127,7 +129,7 @@ class BatchedEngine:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         on_gpu = settings.model_n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         # A GPU rounds by batch size anyway and lives on wide batches.
-        self.max_rows = N_BATCH if on_gpu else CPU_MAX_ROWS
+        self.max_rows = N_BATCH if on_gpu or not batch_invariant else CPU_MAX_ROWS
         self.batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         eos = self._piece_special(self.model.token_eos())
         bos = self._piece_special(self.model.token_bos())
