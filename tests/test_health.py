@@ -97,8 +97,8 @@ def test_a_dead_engine_stops_heartbeating(redis_url: str) -> None:
         registry = Registry(r, interval=0.05)
         beats = asyncio.create_task(registry.heartbeat_loop(worker))  # type: ignore[arg-type]
         async with asyncio.timeout(10):
-            while True:  # the first heartbeat lands
-                if await r.exists(keys.worker("wd")):
+            while True:  # the first heartbeat landed, and its task saw the reply
+                if await r.exists(keys.worker("wd")) and registry.last_beat:
                     break
                 await asyncio.sleep(0.01)
         assert registry.health(worker) is None  # type: ignore[arg-type]
