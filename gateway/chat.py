@@ -157,8 +157,27 @@ def parse_chat(body: bytes, settings: GatewaySettings) -> ChatJob:
         messages.append(Message(role, text))
     limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    return _job(req, settings, messages, _max_tokens(limit, settings, param))
+
+
+def parse_completion(body: bytes, settings: GatewaySettings) -> ChatJob:
+    req = decode_body(body, CompletionRequest)
+    _common_checks(req.n, req.timeout, settings)
+    prompt = req.prompt if isinstance(req.prompt, str) else "".join(req.prompt)
+    if len(prompt) > settings.max_message_chars:
+        raise BadRequest("The prompt is too long.", param="prompt")
+    max_tokens = _max_tokens(req.max_tokens, settings, "max_tokens")
+    return _job(req, settings, [Message("user", prompt)], max_tokens)
+
+
+def _job(
+    req: ChatCompletionRequest | CompletionRequest,
+    settings: GatewaySettings,
+    messages: list[Message],
+    max_tokens: int,
+) -> ChatJob:
     params = GenerationParams(
-        max_tokens=_max_tokens(limit, settings, param),
+        max_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
         stop=_stops(req.stop, settings),
@@ -169,28 +188,6 @@ def parse_chat(body: bytes, settings: GatewaySettings) -> ChatJob:
     return ChatJob(
         model=req.model,
         request=JobRequest(messages=messages, params=params),
-        stream=req.stream,
-        include_usage=bool(req.stream_options and req.stream_options.include_usage),
-        timeout=req.timeout,
-    )
-
-
-def parse_completion(body: bytes, settings: GatewaySettings) -> ChatJob:
-    req = decode_body(body, CompletionRequest)
-    _common_checks(req.n, req.timeout, settings)
-    prompt = req.prompt if isinstance(req.prompt, str) else "".join(req.prompt)
-    if len(prompt) > settings.max_message_chars:
-        raise BadRequest("The prompt is too long.", param="prompt")
-    params = GenerationParams(
-        max_tokens=_max_tokens(req.max_tokens, settings, "max_tokens"),
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        stop=_stops(req.stop, settings),
-        seed=req.seed if req.seed is not None else random.randrange(1 << 31),
-    )
-    return ChatJob(
-        model=req.model,
-        request=JobRequest(messages=[Message("user", prompt)], params=params),
         stream=req.stream,
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         timeout=req.timeout,
