@@ -137,7 +137,7 @@ class BatchedEngine:
 
         self._lock = threading.Condition()
         self._waiting: deque[_Seq] = deque()
-        self._free_ids = list(range(self.slots - 1, -1, -1))
+        self._free_ids = list(range(self.slots))
         self._closed = False
         self.steps = 0  # decode steps run (for tests and benchmarks)
         self._thread = threading.Thread(target=self._run, name="batched-decode", daemon=True)
@@ -254,7 +254,10 @@ class BatchedEngine:
                     break
                 while self._waiting and self._free_ids:
                     seq = self._waiting.popleft()
-                    seq.seq_id = self._free_ids.pop()
+                    # The lowest free id keeps running sequences on neighbouring
+                    # KV streams (see _step).
+                    seq.seq_id = min(self._free_ids)
+                    self._free_ids.remove(seq.seq_id)
                     active.append(seq)
             try:
                 active = self._step(active)
@@ -286,11 +289,14 @@ class BatchedEngine:
             else:
                 running.append(seq)
         # Generating sequences: one token each, in as few decodes as allowed,
-        # split evenly (8 on the CPU: 4 + 4).
-        generating = [seq for seq in running if not seq.feed]
+        # split evenly (8 on the CPU: 4 + 4) into runs of neighbouring seq
+        # ids: a decode's KV view spans every stream from its lowest to its
+        # highest id, so seqs 0,2,4,6 cost 1.7x what 0,1,2,3 cost.
+        generating = sorted((seq for seq in running if not seq.feed), key=lambda q: q.seq_id)
         groups = -(-len(generating) // self.max_rows)
+        size = -(-len(generating) // groups) if groups else 0
         for g in range(groups):
-            group = generating[g::groups]
+            group = generating[g * size : (g + 1) * size]
             n = 0
             for seq in group:
                 n = self._add(n, seq.next_token, seq, logits=True)
