@@ -58,13 +58,17 @@ class Run:
 
 
 async def collect(
-    engine: Engine, prompt: str, params: GenerationParams = GREEDY,
-    resume: Sequence[Piece] = (), cancel: threading.Event | None = None,
+    engine: Engine,
+    prompt: str,
+    params: GenerationParams = GREEDY,
+    resume: Sequence[Piece] = (),
+    cancel: threading.Event | None = None,
     on_piece: object = None,
 ) -> Run:
     run = Run()
-    async for item in engine.generate([Message("user", prompt)], params, resume,
-                                      cancel or threading.Event()):
+    async for item in engine.generate(
+        [Message("user", prompt)], params, resume, cancel or threading.Event()
+    ):
         if isinstance(item, Done):
             run.done = item
         else:
@@ -169,9 +173,11 @@ def test_max_tokens_and_stop_string(batched: BatchedEngine, reference: dict[str,
     cut = len(want.text) // 2
     stop = want.text[cut : cut + 3]
     assert stop.strip(), want.text
-    stopped = asyncio.run(collect(
-        batched, prompt, GenerationParams(max_tokens=MAX_TOKENS, temperature=0, stop=(stop,))
-    ))
+    stopped = asyncio.run(
+        collect(
+            batched, prompt, GenerationParams(max_tokens=MAX_TOKENS, temperature=0, stop=(stop,))
+        )
+    )
     assert stopped.done is not None and stopped.done.finish_reason == "stop"
     assert stopped.text == want.text[: want.text.index(stop)]
 
@@ -237,15 +243,19 @@ def test_sampled_generation_is_seeded(batched: BatchedEngine) -> None:
 
 
 def test_batched_worker_serves_concurrent_streams(start_worker, start_gateway) -> None:
-    start_worker(ENGINE="batched", WORKER_CONCURRENCY="4", MODEL_N_THREADS="2",
-                 MODEL_NAME="gemma-3-270m")
+    start_worker(
+        ENGINE="batched", WORKER_CONCURRENCY="4", MODEL_N_THREADS="2", MODEL_NAME="gemma-3-270m"
+    )
     gateway = start_gateway()
     client = client_for(gateway, timeout=120)
 
     def stream(prompt: str) -> tuple[str, str | None]:
         chunks = client.chat.completions.create(
-            model="gemma-3-270m", messages=[{"role": "user", "content": prompt}],
-            max_tokens=16, temperature=0, stream=True,
+            model="gemma-3-270m",
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=16,
+            temperature=0,
+            stream=True,
         )
         text, finish = "", None
         for chunk in chunks:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import platform
 import sys
 import tempfile
@@ -35,12 +36,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="just bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the suite runs")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    ap.add_argument("--cpp-build-dir", type=Path, default=ROOT / ".run" / "llama.cpp-build",
-                    help="where llama-bench is (or is built with --build-cpp)")
-    ap.add_argument("--build-cpp", action="store_true",
-                    help="build llama-bench from the llama-cpp-python sdist (~15 min, 2 cores)")
+    ap.add_argument(
+        "--cpp-build-dir",
+        type=Path,
+        default=ROOT / ".run" / "llama.cpp-build",
+        help="where llama-bench is (or is built with --build-cpp)",
+    )
+    ap.add_argument(
+        "--build-cpp",
+        action="store_true",
+        help="build llama-bench from the llama-cpp-python sdist (~10 min, 2 cores)",
+    )
     ap.add_argument("--no-peer", action="store_true", help="skip llama_cpp.server")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the report from the last run's saved results",
+    )
     args = ap.parse_args(argv)
+    saved = ROOT / ".run" / "bench-results.pickle"
+    if args.report_only:
+        with open(saved, "rb") as f:
+            report.write(pickle.load(f), args.out)  # our own file from the last run
+        return 0
 
     smoke = args.smoke
     threads = os.cpu_count() or 1
@@ -49,13 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     levels = [1, 2] if smoke else [1, 2, 4, 8]
     n_ctx = 4096
     model_path = str(resolve_model_path(os.environ.get("MODEL_PATH", "")))
-    model_env = {"MODEL_N_THREADS": str(threads), "MODEL_N_CTX": str(n_ctx),
-                 "MODEL_PATH": model_path}
+    model_env = {
+        "MODEL_N_THREADS": str(threads),
+        "MODEL_N_CTX": str(n_ctx),
+        "MODEL_PATH": model_path,
+    }
     meta = {
-        "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cpu": cpu_name(), "cores": threads, "threads": threads, "tokens": tokens,
-        "repeats": repeats, "model": Path(model_path).name, "load_start": load.loadavg(),
-        "notes": [], "caveats": [],
+        "smoke": smoke,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu_name(),
+        "cores": threads,
+        "threads": threads,
+        "tokens": tokens,
+        "repeats": repeats,
+        "model": Path(model_path).name,
+        "load_start": load.loadavg(),
+        "notes": [],
+        "caveats": [],
     }
     results: dict = {"meta": meta}
 
@@ -66,38 +94,60 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         with stack.redis(workdir) as server:
             step("figure 1: added latency (echo)")
-            results["latency"] = echo_figures.added_latency(server, workdir,
-                                                            10 if smoke else 300)
+            results["latency"] = echo_figures.added_latency(server, workdir, 10 if smoke else 300)
             step("figure 3: relay capacity (echo)")
             results["relay"] = echo_figures.relay_capacity(
-                server, workdir, [5, 10] if smoke else [100, 500, 1000],
-                tokens=10 if smoke else 300, interval_ms=20.0)
+                server,
+                workdir,
+                [5, 10] if smoke else [100, 500, 1000],
+                tokens=10 if smoke else 300,
+                interval_ms=20.0,
+            )
 
             m: dict = {"memory": {}}
             step("figure 2: in-process llama-cpp-python")
-            highlevel = model_figures.inprocess_highlevel(model_path, threads, n_ctx, tokens,
-                                                          repeats)
+            highlevel = model_figures.inprocess_highlevel(
+                model_path, threads, n_ctx, tokens, repeats
+            )
             m["inproc_highlevel"] = highlevel
             step("figures 2+4: in-process batched engine")
             inproc_single, m["inproc_batched_rounds"] = model_figures.inprocess_batched(
-                model_path, threads, n_ctx, tokens, repeats, levels)
+                model_path, threads, n_ctx, tokens, repeats, levels
+            )
             step("figures 2+4: in-process batched engine, fast kernels")
             fast_single, m["inproc_fast_rounds"] = model_figures.inprocess_batched(
-                model_path, threads, n_ctx, tokens, repeats, levels, batch_invariant=False)
+                model_path, threads, n_ctx, tokens, repeats, levels, batch_invariant=False
+            )
             step("figures 2+4+5: llama worker (1 slot) through the path")
             llama_single, m["path_llama_rounds"], mem = model_figures.through_path(
-                server, workdir, "through the path, llama worker (1 slot)", "llama", 1,
-                model_env, tokens, repeats, levels)
+                server,
+                workdir,
+                "through the path, llama worker (1 slot)",
+                "llama",
+                1,
+                model_env,
+                tokens,
+                repeats,
+                levels,
+            )
             m["memory"]["llama engine, 1 slot"] = mem
             step("figure 5: batched worker, 1 slot")
             _, _, mem = model_figures.through_path(
-                server, workdir, "batched worker, 1 slot", "batched", 1, model_env, tokens,
-                1, [])
+                server, workdir, "batched worker, 1 slot", "batched", 1, model_env, tokens, 1, []
+            )
             m["memory"]["batched engine, 1 slot"] = mem
             step(f"figures 2+4+5: batched worker ({max(levels)} slots) through the path")
             batched_single, m["path_batched_rounds"], mem = model_figures.through_path(
-                server, workdir, f"through the path, batched worker ({max(levels)} slots)",
-                "batched", max(levels), model_env, tokens, repeats, levels)
+                server,
+                workdir,
+                f"through the path, batched worker ({max(levels)} slots)",
+                "batched",
+                max(levels),
+                model_env,
+                tokens,
+                repeats,
+                levels,
+            )
             m["memory"][f"batched engine, {max(levels)} slots"] = mem
         singles = [highlevel, inproc_single, fast_single, llama_single, batched_single]
         why_not = "--no-peer" if args.no_peer else stack.peer_available()
@@ -105,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             step("figures 2+4: llama_cpp.server (peer)")
             peer_levels = [1, 2] if smoke else [1, 4]
             peer_single, m["peer_rounds"] = model_figures.peer(
-                model_path, threads, n_ctx, workdir, tokens, repeats, peer_levels)
+                model_path, threads, n_ctx, workdir, tokens, repeats, peer_levels
+            )
             singles.append(peer_single)
         else:
             m["peer_skipped"] = why_not
@@ -118,15 +169,22 @@ def main(argv: list[str] | None = None) -> int:
         binaries = cpp.build(args.cpp_build_dir, ROOT / ".run" / "llama.cpp-src")
     if binaries is not None:
         step("C++ limit: llama-bench, llama-batched-bench")
-        results["cpp"] = {**cpp.measure(binaries, model_path, threads, tokens, levels),
-                          "measured": True}
+        results["cpp"] = {
+            **cpp.measure(binaries, model_path, threads, tokens, levels),
+            "measured": True,
+        }
     else:
         results["cpp"] = {**cpp.REFERENCE, "measured": False}
         meta["notes"].append(
             "The C++ figures are the issue's, measured on this machine type when it was "
-            "filed, **not in this run**: llama-bench was not built (`just bench --build-cpp`).")
+            "filed, **not in this run**: llama-bench was not built (`just bench --build-cpp`)."
+        )
     meta["load_end"] = load.loadavg()
     png = report.write(results, args.out)
+    if not smoke:
+        saved.parent.mkdir(exist_ok=True)
+        with open(saved, "wb") as f:
+            pickle.dump(results, f)
     step(f"wrote {args.out} and {png}")
     return 0
 

@@ -1,6 +1,6 @@
 """The C++ limit: llama-bench and llama-batched-bench, built from the llama.cpp
 that the installed llama-cpp-python sdist vendors (same source as the Python
-engines), on the same model and threads. Building takes ~15 minutes on 2
+engines), on the same model and threads. Building takes ~10 minutes on 2
 cores, so it is opt-in (`just bench --build-cpp`); without a build the
 report shows the issue's reference figures, marked as not measured here."""
 
@@ -28,19 +28,57 @@ def find(build_dir: Path) -> Path | None:
 def build(build_dir: Path, work: Path) -> Path:
     """pip download the sdist, configure and build the two benchmarks (CPU)."""
     work.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
-                    ":all:", "-d", str(work), f"llama-cpp-python=={VERSION}"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-d",
+            str(work),
+            f"llama-cpp-python=={VERSION}",
+        ],
+        check=True,
+    )
     sdist = work / f"llama_cpp_python-{VERSION}.tar.gz"
     with tarfile.open(sdist) as tar:
         tar.extractall(work, filter="data")
     src = work / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp"
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    subprocess.run(["cmake", "-S", str(src), "-B", str(build_dir), *generator,
-                    "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
-                    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
-                    "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF"], check=True)
-    subprocess.run(["cmake", "--build", str(build_dir), "-j", "--target", "llama-bench",
-                    "llama-batched-bench"], check=True)
+    subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(src),
+            "-B",
+            str(build_dir),
+            *generator,
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DBUILD_SHARED_LIBS=OFF",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_CURL=OFF",
+            "-DLLAMA_OPENSSL=OFF",
+            "-DLLAMA_BUILD_UI=OFF",
+            "-DLLAMA_USE_PREBUILT_UI=OFF",
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [
+            "cmake",
+            "--build",
+            str(build_dir),
+            "-j",
+            "--target",
+            "llama-bench",
+            "llama-batched-bench",
+        ],
+        check=True,
+    )
     found = find(build_dir)
     if found is None:
         raise RuntimeError("the build did not produce llama-bench")
@@ -51,17 +89,55 @@ def measure(binaries: Path, model: str, threads: int, tokens: int, levels: list[
     """tg tok/s of one sequence (llama-bench) and aggregate tok/s with 1..N
     sequences decoding together (llama-batched-bench, total tokens / time)."""
     out = subprocess.run(
-        [str(binaries / "llama-bench"), "-m", model, "-p", "0", "-n", str(tokens), "-t",
-         str(threads), "-r", "3", "-o", "json"],
-        capture_output=True, text=True, check=True, timeout=600,
+        [
+            str(binaries / "llama-bench"),
+            "-m",
+            model,
+            "-p",
+            "0",
+            "-n",
+            str(tokens),
+            "-t",
+            str(threads),
+            "-r",
+            "3",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
     ).stdout
     tg = json.loads(out)[0]["avg_ts"]
     out = subprocess.run(
-        [str(binaries / "llama-batched-bench"), "-m", model, "-c", str(8192), "-b", "512",
-         "-ub", "512", "-npp", "32", "-ntg", str(tokens), "-npl",
-         ",".join(map(str, levels)), "-t", str(threads), "-tb", str(threads),
-         "--output-format", "jsonl"],
-        capture_output=True, text=True, check=True, timeout=900,
+        [
+            str(binaries / "llama-batched-bench"),
+            "-m",
+            model,
+            "-c",
+            str(8192),
+            "-b",
+            "512",
+            "-ub",
+            "512",
+            "-npp",
+            "32",
+            "-ntg",
+            str(tokens),
+            "-npl",
+            ",".join(map(str, levels)),
+            "-t",
+            str(threads),
+            "-tb",
+            str(threads),
+            "--output-format",
+            "jsonl",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
     ).stdout
     aggregate = {}
     for line in out.splitlines():

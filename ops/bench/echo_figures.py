@@ -4,6 +4,7 @@ itself costs, and how many tokens one gateway process can relay."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ async def _inprocess_ttft(requests: int) -> list[float]:
     out = []
     for _ in range(requests):
         t0 = time.perf_counter()
-        async for item in engine.generate([Message("user", PROMPT)],
-                                          GenerationParams(max_tokens=4), [], threading.Event()):
+        async for item in engine.generate(
+            [Message("user", PROMPT)], GenerationParams(max_tokens=4), [], threading.Event()
+        ):
             if isinstance(item, Piece) and item.text:
                 out.append(time.perf_counter() - t0)
                 break
@@ -37,15 +39,18 @@ def added_latency(server: stack.RedisServer, workdir: Path, requests: int) -> di
     """Figure 1: TTFT through gateway + Redis + worker + pub/sub + SSE, one
     request at a time, against calling the same engine in-process."""
     inproc = asyncio.run(_inprocess_ttft(requests))
-    with stack.worker(server, workdir, "echo-latency", **ECHO), \
-            stack.gateway(server, workdir) as gw:
+    with (
+        stack.worker(server, workdir, "echo-latency", **ECHO),
+        stack.gateway(server, workdir) as gw,
+    ):
 
         async def run() -> list[load.Stream]:
             async with load.session() as s:
                 for _ in range(min(20, requests)):  # warm up connections and scripts
                     await load.stream_chat(s, gw.url, "echo", PROMPT, 4)
-                return [await load.stream_chat(s, gw.url, "echo", PROMPT, 4)
-                        for _ in range(requests)]
+                return [
+                    await load.stream_chat(s, gw.url, "echo", PROMPT, 4) for _ in range(requests)
+                ]
 
         streams = asyncio.run(run())
     path = [s.ttft for s in streams if s.ttft is not None]
@@ -71,6 +76,8 @@ class RelayLevel:
     gateway_rss_mib: float
     gateway_peak_rss_mib: float
     worker_cpu_pct: float
+    redis_cpu_pct: float
+    client_cpu_pct: float
     ttft_p50_ms: float | None
 
     @property
@@ -78,12 +85,22 @@ class RelayLevel:
         return self.tokens / self.wall_s
 
     @property
+    def per_gateway_core(self) -> float:
+        """Delivered tok/s divided by the share of a core the gateway used:
+        what one fully busy gateway process would relay at this cost per token."""
+        return self.tokens_per_s / max(self.gateway_cpu_pct / 100, 1e-9)
+
+    @property
     def offered_per_s(self) -> float:
         return self.clients * 1000 / self.interval_ms
 
 
 def relay_capacity(
-    server: stack.RedisServer, workdir: Path, levels: list[int], tokens: int, interval_ms: float,
+    server: stack.RedisServer,
+    workdir: Path,
+    levels: list[int],
+    tokens: int,
+    interval_ms: float,
 ) -> list[RelayLevel]:
     """Figure 3: N concurrent SSE clients, each job producing a token every
     `interval_ms`, all through one gateway process. The echo worker runs every
@@ -91,38 +108,61 @@ def relay_capacity(
     what is measured."""
     results = []
     slots = str(max(levels))
-    env = {**ECHO, "ECHO_CONCURRENT": "1", "ECHO_TOKEN_INTERVAL_MS": str(interval_ms),
-           "WORKER_CONCURRENCY": slots}
-    with stack.worker(server, workdir, "echo-relay", **env) as w, \
-            stack.gateway(server, workdir) as gw:
+    env = {
+        **ECHO,
+        "ECHO_CONCURRENT": "1",
+        "ECHO_TOKEN_INTERVAL_MS": str(interval_ms),
+        "WORKER_CONCURRENCY": slots,
+    }
+    with (
+        stack.worker(server, workdir, "echo-relay", **env) as w,
+        stack.gateway(server, workdir) as gw,
+    ):
         gw_stat, w_stat = load.ProcStat(gw.pid), load.ProcStat(w.pid)
+        assert server.proc is not None
+        r_stat, me = load.ProcStat(server.proc.pid), load.ProcStat(os.getpid())
         for clients in levels:
             rss_samples: list[float] = []
             stop = threading.Event()
 
-            def sample(stat: load.ProcStat = gw_stat, out: list[float] = rss_samples,
-                       done: threading.Event = stop) -> None:
+            def sample(
+                stat: load.ProcStat = gw_stat,
+                out: list[float] = rss_samples,
+                done: threading.Event = stop,
+            ) -> None:
                 while not done.wait(0.2):
                     out.append(stat.rss_mib())
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             cpu_gw, cpu_w = gw_stat.cpu_seconds(), w_stat.cpu_seconds()
+            cpu_r, cpu_me = r_stat.cpu_seconds(), me.cpu_seconds()
             prompts = [f"{PROMPT} client{i}" for i in range(clients)]
-            streams, wall = asyncio.run(load.concurrent(gw.url, "echo", prompts, tokens,
-                                                        limit_s=120))
+            streams, wall = asyncio.run(
+                load.concurrent(gw.url, "echo", prompts, tokens, limit_s=120)
+            )
             stop.set()
             sampler.join()
-            results.append(RelayLevel(
-                clients=clients, tokens_per_stream=tokens, interval_ms=interval_ms,
-                wall_s=wall, tokens=sum(s.tokens for s in streams if s.ok),
-                errors=sum(bool(s.error) for s in streams),
-                incomplete=sum(s.ok and s.tokens != tokens for s in streams),
-                gateway_cpu_pct=100 * (gw_stat.cpu_seconds() - cpu_gw) / wall,
-                gateway_rss_mib=max(rss_samples, default=gw_stat.rss_mib()),
-                gateway_peak_rss_mib=gw_stat.peak_rss_mib(),
-                worker_cpu_pct=100 * (w_stat.cpu_seconds() - cpu_w) / wall,
-                ttft_p50_ms=(1000 * v if (v := load.pct(
-                    [s.ttft for s in streams if s.ttft is not None], 50)) else None),
-            ))
+            results.append(
+                RelayLevel(
+                    clients=clients,
+                    tokens_per_stream=tokens,
+                    interval_ms=interval_ms,
+                    wall_s=wall,
+                    tokens=sum(s.tokens for s in streams if s.ok),
+                    errors=sum(bool(s.error) for s in streams),
+                    incomplete=sum(s.ok and s.tokens != tokens for s in streams),
+                    gateway_cpu_pct=100 * (gw_stat.cpu_seconds() - cpu_gw) / wall,
+                    gateway_rss_mib=max(rss_samples, default=gw_stat.rss_mib()),
+                    gateway_peak_rss_mib=gw_stat.peak_rss_mib(),
+                    worker_cpu_pct=100 * (w_stat.cpu_seconds() - cpu_w) / wall,
+                    redis_cpu_pct=100 * (r_stat.cpu_seconds() - cpu_r) / wall,
+                    client_cpu_pct=100 * (me.cpu_seconds() - cpu_me) / wall,
+                    ttft_p50_ms=(
+                        1000 * v
+                        if (v := load.pct([s.ttft for s in streams if s.ttft is not None], 50))
+                        else None
+                    ),
+                )
+            )
     return results

@@ -38,11 +38,18 @@ class Stream:
 
 
 async def stream_chat(
-    session: aiohttp.ClientSession, base_url: str, model: str, prompt: str, max_tokens: int,
+    session: aiohttp.ClientSession,
+    base_url: str,
+    model: str,
+    prompt: str,
+    max_tokens: int,
 ) -> Stream:
     body = {
-        "model": model, "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens, "temperature": 0, "stream": True,
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
         "stream_options": {"include_usage": True},
     }
     out = Stream()
@@ -66,8 +73,11 @@ async def stream_chat(
                     if payload == b"[DONE]":
                         done = True
                         continue
-                    if (b'"content":"' in payload and b'"content":""' not in payload
-                            and b'"finish_reason":null' in payload):
+                    if (
+                        b'"content":"' in payload
+                        and b'"content":""' not in payload
+                        and b'"finish_reason":null' in payload
+                    ):
                         # A plain token chunk from our gateway: no need to parse
                         # it (the client must not be what the relay test measures).
                         out.chunks += 1
@@ -107,7 +117,11 @@ def session(n_connections: int = 0, timeout: float = 300.0) -> aiohttp.ClientSes
 
 
 async def concurrent(
-    base_url: str, model: str, prompts: list[str], max_tokens: int, limit_s: float = 300.0,
+    base_url: str,
+    model: str,
+    prompts: list[str],
+    max_tokens: int,
+    limit_s: float = 300.0,
 ) -> tuple[list[Stream], float]:
     """All prompts at once; returns the streams and the wall time of the round."""
     async with session(timeout=limit_s) as s:

@@ -62,15 +62,22 @@ class Round:
 def _single(name: str, streams: list[load.Stream], note: str = "") -> Single:
     rates = [r for s in streams if (r := s.decode_rate) is not None]
     ttfts = [s.ttft for s in streams if s.ttft is not None]
-    return Single(name, 1000 * t if (t := load.median(ttfts)) else None, load.median(rates),
-                  max((s.tokens for s in streams), default=0), note)
+    return Single(
+        name,
+        1000 * t if (t := load.median(ttfts)) else None,
+        load.median(rates),
+        max((s.tokens for s in streams), default=0),
+        note,
+    )
 
 
-def _round(name: str, clients: int, streams: list[load.Stream], wall: float,
-           tokens: int) -> Round:
+def _round(name: str, clients: int, streams: list[load.Stream], wall: float, tokens: int) -> Round:
     ttfts = [s.ttft for s in streams if s.ttft is not None]
     return Round(
-        name, clients, wall, sum(s.tokens for s in streams if s.ok),
+        name,
+        clients,
+        wall,
+        sum(s.tokens for s in streams if s.ok),
         sum(s.ok and s.tokens == tokens for s in streams),
         1000 * v if (v := load.pct(ttfts, 50)) else None,
         1000 * v if (v := load.pct(ttfts, 95)) else None,
@@ -78,13 +85,19 @@ def _round(name: str, clients: int, streams: list[load.Stream], wall: float,
     )
 
 
-def inprocess_highlevel(model_path: str, threads: int, n_ctx: int, tokens: int,
-                        repeats: int) -> Single:
+def inprocess_highlevel(
+    model_path: str, threads: int, n_ctx: int, tokens: int, repeats: int
+) -> Single:
     """llama-cpp-python's high-level API, streaming, no server in between."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads,
-                n_threads_batch=threads, verbose=False)
+    llm = Llama(
+        model_path=model_path,
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
     eos = llm.detokenize([llm.token_eos()], special=True).decode(errors="ignore")
     bos = llm.detokenize([llm.token_bos()], special=True).decode(errors="ignore")
     render = renderer(llm.metadata, eos, bos)
@@ -94,8 +107,9 @@ def inprocess_highlevel(model_path: str, threads: int, n_ctx: int, tokens: int,
         llm.reset()
         out = load.Stream()
         t0 = time.perf_counter()
-        for chunk in llm.create_completion(prompt, max_tokens=tokens, temperature=0.0,
-                                           stream=True, stop=stops):
+        for chunk in llm.create_completion(
+            prompt, max_tokens=tokens, temperature=0.0, stream=True, stop=stops
+        ):
             now = time.perf_counter()
             out.tokens += 1  # one token per chunk on this API
             if out.first is None:
@@ -109,27 +123,41 @@ def inprocess_highlevel(model_path: str, threads: int, n_ctx: int, tokens: int,
     return _single("llama-cpp-python in-process, high-level API", streams)
 
 
-def inprocess_batched(model_path: str, threads: int, n_ctx: int, tokens: int, repeats: int,
-                      levels: list[int], *, batch_invariant: bool = True,
-                      ) -> tuple[Single, list[Round]]:
+def inprocess_batched(
+    model_path: str,
+    threads: int,
+    n_ctx: int,
+    tokens: int,
+    repeats: int,
+    levels: list[int],
+    *,
+    batch_invariant: bool = True,
+) -> tuple[Single, list[Round]]:
     """The batched engine called directly: the engine's own limit in Python.
     batch_invariant=False: ggml's repacked kernels and one decode for all
     sequences (answers then depend on the load; see batched.py)."""
     from streamworker.engines.batched import BatchedEngine
     from streamworker.settings import EngineSettings
 
-    engine = BatchedEngine(EngineSettings(engine="batched", model_path=model_path,
-                                          model_n_threads=threads, model_n_ctx=n_ctx,
-                                          slots=max(levels)), batch_invariant=batch_invariant)
-    label = "batched engine in-process" + ("" if batch_invariant else
-                                           ", fast kernels (load-dependent answers)")
+    engine = BatchedEngine(
+        EngineSettings(
+            engine="batched",
+            model_path=model_path,
+            model_n_threads=threads,
+            model_n_ctx=n_ctx,
+            slots=max(levels),
+        ),
+        batch_invariant=batch_invariant,
+    )
+    label = "batched engine in-process" + (
+        "" if batch_invariant else ", fast kernels (load-dependent answers)"
+    )
     params = GenerationParams(max_tokens=tokens, temperature=0.0)
 
     async def one(prompt: str) -> load.Stream:
         out = load.Stream()
         t0 = time.perf_counter()
-        async for item in engine.generate([Message("user", prompt)], params, [],
-                                          threading.Event()):
+        async for item in engine.generate([Message("user", prompt)], params, [], threading.Event()):
             now = time.perf_counter()
             if isinstance(item, Piece):
                 if item.token >= 0:
@@ -146,8 +174,7 @@ def inprocess_batched(model_path: str, threads: int, n_ctx: int, tokens: int, re
         for n in levels:
             t0 = time.perf_counter()
             streams = await asyncio.gather(*(one(PROMPTS[i % len(PROMPTS)]) for i in range(n)))
-            rounds.append(_round(label, n, list(streams),
-                                 time.perf_counter() - t0, tokens))
+            rounds.append(_round(label, n, list(streams), time.perf_counter() - t0, tokens))
         return singles, rounds
 
     try:
@@ -157,45 +184,77 @@ def inprocess_batched(model_path: str, threads: int, n_ctx: int, tokens: int, re
     return _single(label + " (low-level API)", singles), rounds
 
 
-def through_path(server: stack.RedisServer, workdir: Path, name: str, engine: str, slots: int,
-                 env: dict[str, str], tokens: int, repeats: int, levels: list[int],
-                 ) -> tuple[Single, list[Round], dict[str, float]]:
+def through_path(
+    server: stack.RedisServer,
+    workdir: Path,
+    name: str,
+    engine: str,
+    slots: int,
+    env: dict[str, str],
+    tokens: int,
+    repeats: int,
+    levels: list[int],
+) -> tuple[Single, list[Round], dict[str, float]]:
     """A worker with `engine` behind the gateway: single streams, then rounds
     of concurrent clients; the worker's memory after the last round."""
-    with stack.worker(server, workdir, f"{engine}-{slots}", ENGINE=engine,
-                      WORKER_CONCURRENCY=str(slots), MODEL_NAME=MODEL, **env) as w, \
-            stack.gateway(server, workdir) as gw:
+    with (
+        stack.worker(
+            server,
+            workdir,
+            f"{engine}-{slots}",
+            ENGINE=engine,
+            WORKER_CONCURRENCY=str(slots),
+            MODEL_NAME=MODEL,
+            **env,
+        ) as w,
+        stack.gateway(server, workdir) as gw,
+    ):
 
         async def singles() -> list[load.Stream]:
             async with load.session() as s:
-                return [await load.stream_chat(s, gw.url, MODEL, PROMPTS[i % len(PROMPTS)],
-                                               tokens) for i in range(repeats + 1)][1:]
+                return [
+                    await load.stream_chat(s, gw.url, MODEL, PROMPTS[i % len(PROMPTS)], tokens)
+                    for i in range(repeats + 1)
+                ][1:]
 
         single = _single(name, asyncio.run(singles()))
         rounds = []
         for n in levels:
-            streams, wall = asyncio.run(load.concurrent(
-                gw.url, MODEL, [PROMPTS[i % len(PROMPTS)] for i in range(n)], tokens))
+            streams, wall = asyncio.run(
+                load.concurrent(
+                    gw.url, MODEL, [PROMPTS[i % len(PROMPTS)] for i in range(n)], tokens
+                )
+            )
             rounds.append(_round(name, n, streams, wall, tokens))
         stat = load.ProcStat(w.pid)
         memory = {"rss_mib": stat.rss_mib(), "peak_rss_mib": stat.peak_rss_mib()}
     return single, rounds, memory
 
 
-def peer(model_path: str, threads: int, n_ctx: int, workdir: Path, tokens: int, repeats: int,
-         levels: list[int]) -> tuple[Single, list[Round]]:
+def peer(
+    model_path: str,
+    threads: int,
+    n_ctx: int,
+    workdir: Path,
+    tokens: int,
+    repeats: int,
+    levels: list[int],
+) -> tuple[Single, list[Round]]:
     """llama_cpp.server: the same engine behind its own FastAPI server."""
     with stack.peer_server(model_path, threads, n_ctx, workdir) as url:
 
         async def singles() -> list[load.Stream]:
             async with load.session() as s:
-                return [await load.stream_chat(s, url, "peer", PROMPTS[i % len(PROMPTS)],
-                                               tokens) for i in range(repeats + 1)][1:]
+                return [
+                    await load.stream_chat(s, url, "peer", PROMPTS[i % len(PROMPTS)], tokens)
+                    for i in range(repeats + 1)
+                ][1:]
 
         single = _single("llama_cpp.server (the peer)", asyncio.run(singles()))
         rounds = []
         for n in levels:
-            streams, wall = asyncio.run(load.concurrent(
-                url, "peer", [PROMPTS[i % len(PROMPTS)] for i in range(n)], tokens))
+            streams, wall = asyncio.run(
+                load.concurrent(url, "peer", [PROMPTS[i % len(PROMPTS)] for i in range(n)], tokens)
+            )
             rounds.append(_round("llama_cpp.server", n, streams, wall, tokens))
     return single, rounds

@@ -38,8 +38,9 @@ def gateway(server: RedisServer, workdir: Path, **env: str) -> Iterator[Gateway]
 
 @contextlib.contextmanager
 def worker(server: RedisServer, workdir: Path, name: str, **env: str) -> Iterator[Worker]:
-    w = Worker(server.url, workdir / f"worker-{name}.log", name,
-               WORKER_HEARTBEAT_SECONDS="1", **env)
+    w = Worker(
+        server.url, workdir / f"worker-{name}.log", name, WORKER_HEARTBEAT_SECONDS="1", **env
+    )
     w.start(wait_registered=True, redis=server)
     try:
         yield w
@@ -54,15 +55,37 @@ def peer_server(model_path: str, threads: int, n_ctx: int, workdir: Path) -> Ite
     port = free_port()
     log = open(workdir / "llama_cpp_server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--host", "127.0.0.1",
-         "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
-         "--n_ctx", str(n_ctx), "--chat_format", "gemma", "--model_alias", "peer"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            model_path,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_threads",
+            str(threads),
+            "--n_threads_batch",
+            str(threads),
+            "--n_ctx",
+            str(n_ctx),
+            "--chat_format",
+            "gemma",
+            "--model_alias",
+            "peer",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: httpx.get(url + "/v1/models", timeout=1).status_code == 200,
-                 timeout=120, what="llama_cpp.server")
+        wait_for(
+            lambda: httpx.get(url + "/v1/models", timeout=1).status_code == 200,
+            timeout=120,
+            what="llama_cpp.server",
+        )
         yield url
     finally:
         proc.terminate()

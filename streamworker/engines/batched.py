@@ -100,8 +100,7 @@ class BatchedEngine:
         # model). Without them every row takes the same path: an answer never
         # depends on the load. (No effect on GPU layers.)
         mparams.use_extra_bufts = not batch_invariant
-        self.model = _internals.LlamaModel(path_model=str(self.path), params=mparams,
-                                           verbose=False)
+        self.model = _internals.LlamaModel(path_model=str(self.path), params=mparams, verbose=False)
         self.vocab = self.model.vocab
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         threads = settings.model_n_threads or os.cpu_count() or 1
@@ -160,8 +159,12 @@ class BatchedEngine:
         return len(self.prompt_tokens(messages)[0])
 
     def _prepare(
-        self, messages: Sequence[Message], params: GenerationParams, resume: Sequence[Piece],
-        cancel: threading.Event, emit: Emit,
+        self,
+        messages: Sequence[Message],
+        params: GenerationParams,
+        resume: Sequence[Piece],
+        cancel: threading.Event,
+        emit: Emit,
     ) -> _Seq:
         prompt, template_stops = self.prompt_tokens(messages)
         if len(prompt) + params.max_tokens > self._n_ctx:
@@ -171,11 +174,19 @@ class BatchedEngine:
             )
         done_tokens = [p.token for p in resume if p.token >= 0]
         assembler = TextAssembler([*params.stop, *template_stops])
-        assembler.replay([self.model.detokenize([t]) for t in done_tokens],
-                         "".join(p.text for p in resume))
+        assembler.replay(
+            [self.model.detokenize([t]) for t in done_tokens], "".join(p.text for p in resume)
+        )
         feed = prompt + done_tokens
-        return _Seq(feed=feed, prompt_len=len(prompt), params=params, assembler=assembler,
-                    remaining=params.max_tokens - len(done_tokens), cancel=cancel, emit=emit)
+        return _Seq(
+            feed=feed,
+            prompt_len=len(prompt),
+            params=params,
+            assembler=assembler,
+            remaining=params.max_tokens - len(done_tokens),
+            cancel=cancel,
+            emit=emit,
+        )
 
     async def generate(
         self,
@@ -192,8 +203,7 @@ class BatchedEngine:
             loop.call_soon_threadsafe(inbox.put_nowait, item)
 
         # Template rendering and tokenization are CPU work: off the loop too.
-        seq = await anyio.to_thread.run_sync(self._prepare, messages, params, resume, cancel,
-                                             emit)
+        seq = await anyio.to_thread.run_sync(self._prepare, messages, params, resume, cancel, emit)
         if seq.remaining <= 0:
             yield Done("length", seq.prompt_len)
             return
@@ -354,12 +364,15 @@ class BatchedEngine:
             chain = llama_cpp.llama_sampler_chain_init(
                 llama_cpp.llama_sampler_chain_default_params()
             )
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(
-                seq.params.top_p, 1))
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(
-                seq.params.temperature))
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(
-                seq.params.seed & 0xFFFFFFFF))
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_top_p(seq.params.top_p, 1)
+            )
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_temp(seq.params.temperature)
+            )
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_dist(seq.params.seed & 0xFFFFFFFF)
+            )
             seq.sampler = chain
         return llama_cpp.llama_sampler_sample(seq.sampler, self.ctx, seq.batch_index)
 
@@ -387,4 +400,3 @@ class BatchedEngine:
             seq.emit(Piece(-1, tail))
         seq.emit(Done(reason, seq.prompt_len))
         return False
-
