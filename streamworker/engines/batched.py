@@ -121,6 +121,9 @@ class BatchedEngine:
         cparams.yarn_beta_fast = 32.0
         cparams.yarn_beta_slow = 1.0
         cparams.no_perf = True
+        # Sliding-window layers keep only their window per sequence, not the
+        # whole context: the KV of 8 slots then costs ~1/4 of the memory.
+        cparams.swa_full = False
         self.ctx = llama_cpp.llama_init_from_model(self.model.model, cparams)
         if not self.ctx:
             self.model.close()
