@@ -55,17 +55,19 @@ async def ready(request: web.Request) -> web.Response:
             {"status": "unavailable", "reason": f"redis: {type(exc).__name__}"}, status=503
         )
     if not st.hub.connected:
-        return web.json_response({"status": "unavailable", "reason": "pub/sub reconnecting"},
-                                 status=503)
+        return web.json_response(
+            {"status": "unavailable", "reason": "pub/sub reconnecting"}, status=503
+        )
     if not workers:
-        return web.json_response({"status": "unavailable", "reason": "no live worker"},
-                                 status=503)
-    return web.json_response({
-        "status": "ready",
-        "models": sorted({w.model for w in workers}),
-        "workers": len(workers),
-        "capacity": sum(w.slots for w in workers),
-    })
+        return web.json_response({"status": "unavailable", "reason": "no live worker"}, status=503)
+    return web.json_response(
+        {
+            "status": "ready",
+            "models": sorted({w.model for w in workers}),
+            "workers": len(workers),
+            "capacity": sum(w.slots for w in workers),
+        }
+    )
 
 
 def create_app(
@@ -85,8 +87,12 @@ def create_app(
         redis = connect(redis_settings)
         hub = Hub(redis)
         app[state.STATE] = state.GatewayState(
-            settings=settings, redis=redis, queue=Queue(redis, queue_settings), hub=hub,
-            models=ModelDirectory(redis), metrics=GatewayMetrics(),
+            settings=settings,
+            redis=redis,
+            queue=Queue(redis, queue_settings),
+            hub=hub,
+            models=ModelDirectory(redis),
+            metrics=GatewayMetrics(),
         )
         listener = asyncio.create_task(hub.run(), name="pubsub-hub")
         # Serve even if Redis is down at start: /ready says so until it is up.

@@ -106,9 +106,7 @@ class Keyring:
         enforced = settings.openai_api_key_required or production
         if enforced and not keys:
             why = "ENVIRONMENT=production" if production else "OPENAI_API_KEY_REQUIRED=true"
-            raise KeyringError(
-                f"{why} needs API keys: set OPENAI_API_KEY or API_KEYS_FILE"
-            )
+            raise KeyringError(f"{why} needs API keys: set OPENAI_API_KEY or API_KEYS_FILE")
         return cls(keys, enforced=enforced)
 
     def lookup(self, presented: str) -> ApiKey | None:

@@ -17,10 +17,10 @@ from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from gateway import queue_position, security, state
 from gateway.errors import (
-    ContextLengthExceeded,
     ApiError,
     BadRequest,
     Conflict,
+    ContextLengthExceeded,
     JobFailed,
     QueueFull,
     ServiceUnavailable,
@@ -112,9 +112,7 @@ def _max_tokens(value: int | None, settings: GatewaySettings, param: str) -> int
     if value is None:
         return settings.default_max_tokens
     if value > settings.max_tokens_limit:
-        raise BadRequest(
-            f"{param} must be at most {settings.max_tokens_limit}.", param=param
-        )
+        raise BadRequest(f"{param} must be at most {settings.max_tokens_limit}.", param=param)
     return value
 
 
@@ -137,9 +135,7 @@ def parse_chat(body: bytes, settings: GatewaySettings) -> ChatJob:
     if not req.messages:
         raise BadRequest("messages must contain at least one message.", param="messages")
     if len(req.messages) > settings.max_messages:
-        raise BadRequest(
-            f"At most {settings.max_messages} messages are allowed.", param="messages"
-        )
+        raise BadRequest(f"At most {settings.max_messages} messages are allowed.", param="messages")
     messages = []
     for i, m in enumerate(req.messages):
         role = ROLES.get(m.role)
@@ -207,14 +203,17 @@ async def enqueue_job(
     max_queue = settings.max_queue or settings.max_queue_per_slot * capacity
     try:
         return await st.queue.enqueue(
-            job.model, job_id, job.request, timeout_seconds=job.timeout,
-            max_queue=max_queue, idempotency_key=idempotency_key,
+            job.model,
+            job_id,
+            job.request,
+            timeout_seconds=job.timeout,
+            max_queue=max_queue,
+            idempotency_key=idempotency_key,
         )
     except jobqueue.QueueFull as full:
         st.metrics.rejected.inc()
         raise QueueFull(
-            f"The queue for model '{job.model}' is full ({full.depth} jobs waiting); "
-            "retry later.",
+            f"The queue for model '{job.model}' is full ({full.depth} jobs waiting); retry later.",
             headers={"Retry-After": str(_retry_after(full.depth, capacity))},
         ) from None
     except ResponseError as exc:
@@ -223,7 +222,8 @@ async def enqueue_job(
             # evicting jobs; tell the client plainly.
             raise ServiceUnavailable(
                 "The queue is out of memory and cannot accept jobs; retry later.",
-                code="queue_out_of_memory", headers={"Retry-After": "10"},
+                code="queue_out_of_memory",
+                headers={"Retry-After": "10"},
             ) from None
         raise
     except (RedisError, OSError) as exc:
@@ -334,21 +334,42 @@ async def _collect(job: ChatJob, job_id: str, relay: Relay, *, chat: bool) -> we
         elif isinstance(item, End):
             if item.status != "completed":
                 raise end_error(item)
-            usage = Usage(item.prompt_tokens, item.completion_tokens,
-                          item.prompt_tokens + item.completion_tokens)
+            usage = Usage(
+                item.prompt_tokens,
+                item.completion_tokens,
+                item.prompt_tokens + item.completion_tokens,
+            )
             text = "".join(parts)
             if chat:
                 body = ChatCompletion(
-                    id=job_id, object="chat.completion", created=created, model=job.model, usage=usage,
+                    id=job_id,
+                    object="chat.completion",
+                    created=created,
+                    model=job.model,
+                    usage=usage,
                     choices=[Choice(0, AssistantMessage("assistant", text), item.finish_reason)],
                 )
-                return web.Response(body=_encoder.encode(body), content_type="application/json",
-                                    headers={"X-Job-Id": job_id})
+                return web.Response(
+                    body=_encoder.encode(body),
+                    content_type="application/json",
+                    headers={"X-Job-Id": job_id},
+                )
             return web.json_response(
-                {"id": job_id, "object": "text_completion", "created": created,
-                 "model": job.model, "usage": msgspec.to_builtins(usage),
-                 "choices": [{"index": 0, "text": text, "logprobs": None,
-                              "finish_reason": item.finish_reason}]},
+                {
+                    "id": job_id,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": job.model,
+                    "usage": msgspec.to_builtins(usage),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "text": text,
+                            "logprobs": None,
+                            "finish_reason": item.finish_reason,
+                        }
+                    ],
+                },
                 headers={"X-Job-Id": job_id},
             )
     raise JobFailed("The job ended without a result.")
@@ -375,13 +396,31 @@ async def _stream(
 
     def chunk(delta: Delta, finish: str | None = None) -> bytes:
         if chat:
-            return _sse(ChatCompletionChunk(
-                id=job_id, object="chat.completion.chunk", created=created, model=job.model,
-                choices=[ChunkChoice(0, delta, finish_reason=finish)],
-            ))
-        return _sse({"id": job_id, "object": "text_completion", "created": created,
-                     "model": job.model, "choices": [{"index": 0, "text": delta.content or "",
-                                                      "logprobs": None, "finish_reason": finish}]})
+            return _sse(
+                ChatCompletionChunk(
+                    id=job_id,
+                    object="chat.completion.chunk",
+                    created=created,
+                    model=job.model,
+                    choices=[ChunkChoice(0, delta, finish_reason=finish)],
+                )
+            )
+        return _sse(
+            {
+                "id": job_id,
+                "object": "text_completion",
+                "created": created,
+                "model": job.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": delta.content or "",
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+            }
+        )
 
     if chat:
         await response.write(chunk(Delta(role="assistant", content="")))
@@ -407,13 +446,32 @@ async def _stream(
             if item.status == "completed":
                 await response.write(chunk(Delta(), item.finish_reason))
                 if job.include_usage:
-                    usage = Usage(item.prompt_tokens, item.completion_tokens,
-                                  item.prompt_tokens + item.completion_tokens)
-                    await response.write(_sse(ChatCompletionChunk(
-                        id=job_id, object="chat.completion.chunk", created=created, model=job.model, choices=[], usage=usage,
-                    ) if chat else {"id": job_id, "object": "text_completion",
-                                    "created": created, "model": job.model, "choices": [],
-                                    "usage": msgspec.to_builtins(usage)}))
+                    usage = Usage(
+                        item.prompt_tokens,
+                        item.completion_tokens,
+                        item.prompt_tokens + item.completion_tokens,
+                    )
+                    await response.write(
+                        _sse(
+                            ChatCompletionChunk(
+                                id=job_id,
+                                object="chat.completion.chunk",
+                                created=created,
+                                model=job.model,
+                                choices=[],
+                                usage=usage,
+                            )
+                            if chat
+                            else {
+                                "id": job_id,
+                                "object": "text_completion",
+                                "created": created,
+                                "model": job.model,
+                                "choices": [],
+                                "usage": msgspec.to_builtins(usage),
+                            }
+                        )
+                    )
             else:
                 await response.write(_sse(end_error(item).body()))
             await response.write(b"data: [DONE]\n\n")

@@ -63,8 +63,9 @@ class Tokenizer:
 
     def count(self, messages: Sequence[Message]) -> int:
         prompt, _ = self.render(messages)
-        return len(self.llm.tokenize(prompt.encode("utf-8", "surrogatepass"), add_bos=True,
-                                     special=True))
+        return len(
+            self.llm.tokenize(prompt.encode("utf-8", "surrogatepass"), add_bos=True, special=True)
+        )
 
 
 class ContextWindow:
@@ -95,8 +96,11 @@ class ContextWindow:
         try:
             return Tokenizer(path)
         except Exception as exc:  # an unreadable file must not fail requests
-            log.warning("cannot load the vocabulary of %s (%s); estimating prompt tokens",
-                        path, type(exc).__name__)
+            log.warning(
+                "cannot load the vocabulary of %s (%s); estimating prompt tokens",
+                path,
+                type(exc).__name__,
+            )
             return None
 
     async def prompt_tokens(self, app: web.Application, job: ChatJob) -> int:
@@ -112,7 +116,8 @@ class ContextWindow:
             if n_ctx and max_tokens >= n_ctx:
                 raise ContextLengthExceeded(
                     f"This model's maximum context length is {n_ctx} tokens; max_tokens "
-                    f"{max_tokens} leaves no room for the prompt.", param="max_tokens",
+                    f"{max_tokens} leaves no room for the prompt.",
+                    param="max_tokens",
                 )
             return estimate_tokens(messages)
         count = await asyncio.to_thread(tokenizer.count, messages)

@@ -43,7 +43,9 @@ def job_view(record: JobRecord) -> dict[str, object]:
             "prompt_tokens": record.prompt_tokens,
             "completion_tokens": record.completion_tokens,
             "total_tokens": record.prompt_tokens + record.completion_tokens,
-        } if done else None,
+        }
+        if done
+        else None,
         "error": record.error or record.last_error,
     }
 
@@ -69,8 +71,11 @@ async def create_job(request: web.Request) -> web.Response:
     )
     record = await st.queue.record(job.model, job_id)
     body = job_view(record) if record else {"id": job_id, "object": "job", "status": "queued"}
-    return web.json_response(body, status=202 if created else 200,
-                             headers={"Location": f"/v1/jobs/{job_id}", "X-Job-Id": job_id})
+    return web.json_response(
+        body,
+        status=202 if created else 200,
+        headers={"Location": f"/v1/jobs/{job_id}", "X-Job-Id": job_id},
+    )
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -95,8 +100,9 @@ def _last_event_id(request: web.Request) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest("Last-Event-ID must be an integer sequence number.",
-                         param="Last-Event-ID") from None
+        raise BadRequest(
+            "Last-Event-ID must be an integer sequence number.", param="Last-Event-ID"
+        ) from None
     if value < -1:
         raise BadRequest("Last-Event-ID must be >= -1.", param="Last-Event-ID")
     return value
@@ -105,10 +111,14 @@ def _last_event_id(request: web.Request) -> int:
 async def job_events(request: web.Request) -> web.StreamResponse:
     model, record = await _find(request)
     start = _last_event_id(request) + 1
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no", "X-Job-Id": record.id,
-    })
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "X-Job-Id": record.id,
+        }
+    )
     async with subscribed(request.app, model, record.id) as relay:
         relay.next_seq = start
         relay.resume = True
@@ -124,9 +134,13 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             elif isinstance(item, End):
                 body: dict[str, object] = {"status": item.status}
                 if item.status == "completed":
-                    body |= {"finish_reason": item.finish_reason, "usage": {
-                        "prompt_tokens": item.prompt_tokens,
-                        "completion_tokens": item.completion_tokens}}
+                    body |= {
+                        "finish_reason": item.finish_reason,
+                        "usage": {
+                            "prompt_tokens": item.prompt_tokens,
+                            "completion_tokens": item.completion_tokens,
+                        },
+                    }
                 else:
                     body |= end_error(item).body()
                 await response.write(b"event: end\ndata: %s\n\n" % _encoder.encode(body))

@@ -41,22 +41,26 @@ class GatewayMetrics:
             "http_requests_total", "HTTP requests", ["method", "endpoint", "code"], registry=r
         )
         self.duration = Histogram(
-            "http_request_duration_seconds", "HTTP request latency (whole response)",
-            ["method", "endpoint"], buckets=LATENCY_BUCKETS, registry=r,
+            "http_request_duration_seconds",
+            "HTTP request latency (whole response)",
+            ["method", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.active = Gauge("proxy_active_jobs", "Jobs running on live workers", registry=r)
         self.queued = Gauge("proxy_queued_jobs", "Jobs waiting in the queue", registry=r)
         self.capacity = Gauge("proxy_capacity", "Job slots across live workers", registry=r)
         self.workers = Gauge("proxy_live_workers", "Workers with a live heartbeat", registry=r)
-        self.redis_up = Gauge("proxy_redis_up", "1 if the last scrape could read Redis",
-                              registry=r)
+        self.redis_up = Gauge("proxy_redis_up", "1 if the last scrape could read Redis", registry=r)
         self.rejected = Counter(
-            "proxy_rejected_total", "Requests refused with 429 because the queue was full",
+            "proxy_rejected_total",
+            "Requests refused with 429 because the queue was full",
             registry=r,
         )
         self.ttft = Histogram(
             "gateway_time_to_first_token_seconds",
-            "From request to the first token sent to the client", buckets=LATENCY_BUCKETS,
+            "From request to the first token sent to the client",
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
 

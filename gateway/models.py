@@ -43,6 +43,7 @@ class ModelDirectory:
         if await self.redis.sismember(keys.MODELS, model):
             raise ServiceUnavailable(
                 f"no worker serving model '{model}' is alive; try again later",
-                code="model_unavailable", headers={"Retry-After": "5"},
+                code="model_unavailable",
+                headers={"Retry-After": "5"},
             )
         raise ModelNotFound(f"The model '{model}' does not exist", param="model")

@@ -12,8 +12,10 @@ from streamworker import __version__
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 _ERRORS = {
@@ -30,20 +32,30 @@ _MESSAGE = {
     "required": ["role", "content"],
     "properties": {
         "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
-        "content": {"oneOf": [
-            {"type": "string"},
-            {"type": "array", "items": {"type": "object", "required": ["type", "text"],
-                                        "properties": {"type": {"const": "text"},
-                                                       "text": {"type": "string"}}}},
-        ]},
+        "content": {
+            "oneOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "text"],
+                        "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                    },
+                },
+            ]
+        },
         "name": {"type": "string"},
     },
 }
 
 _SAMPLING = {
     "model": {"type": "string"},
-    "max_tokens": {"type": "integer", "minimum": 1,
-                   "description": "Capped by MAX_TOKENS_LIMIT; default DEFAULT_MAX_TOKENS"},
+    "max_tokens": {
+        "type": "integer",
+        "minimum": 1,
+        "description": "Capped by MAX_TOKENS_LIMIT; default DEFAULT_MAX_TOKENS",
+    },
     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
     "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
     "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
@@ -51,15 +63,26 @@ _SAMPLING = {
     "stream": {"type": "boolean"},
     "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
     "n": {"type": "integer", "const": 1},
-    "timeout": {"type": "number", "exclusiveMinimum": 0,
-                "description": "Extension: seconds the job may wait and run"},
+    "timeout": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "description": "Extension: seconds the job may wait and run",
+    },
 }
 
 _JOB_HEADERS = [
-    {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"},
-     "description": "A retried POST with the same key returns the first job"},
-    {"name": "X-Request-ID", "in": "header", "schema": {"type": "string", "maxLength": 128},
-     "description": "Echoed back and logged; generated when absent or malformed"},
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "schema": {"type": "string"},
+        "description": "A retried POST with the same key returns the first job",
+    },
+    {
+        "name": "X-Request-ID",
+        "in": "header",
+        "schema": {"type": "string", "maxLength": 128},
+        "description": "Echoed back and logged; generated when absent or malformed",
+    },
 ]
 
 
@@ -72,9 +95,13 @@ def _completion_op(summary: str, body: dict[str, Any], result: str) -> dict[str,
         "parameters": _JOB_HEADERS,
         "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
         "responses": {
-            "200": {"description": f"A {result}, or an SSE stream of chunks when stream=true",
-                    "content": {"application/json": {"schema": {"type": "object"}},
-                                "text/event-stream": {"schema": {"type": "string"}}}},
+            "200": {
+                "description": f"A {result}, or an SSE stream of chunks when stream=true",
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
+            },
             **_ERRORS,
         },
     }
@@ -82,71 +109,144 @@ def _completion_op(summary: str, body: dict[str, Any], result: str) -> dict[str,
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "streamworker gateway", "version": __version__,
-             "description": "OpenAI-compatible completions served from a Redis Streams queue."},
+    "info": {
+        "title": "streamworker gateway",
+        "version": __version__,
+        "description": "OpenAI-compatible completions served from a Redis Streams queue.",
+    },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
             "Error": {
-                "type": "object", "required": ["error"],
-                "properties": {"error": {
-                    "type": "object", "required": ["message", "type", "param", "code"],
-                    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                                   "param": {"type": ["string", "null"]},
-                                   "code": {"type": ["string", "null"]}},
-                }},
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["message", "type", "param", "code"],
+                        "properties": {
+                            "message": {"type": "string"},
+                            "type": {"type": "string"},
+                            "param": {"type": ["string", "null"]},
+                            "code": {"type": ["string", "null"]},
+                        },
+                    }
+                },
             },
         },
     },
     "security": [{"bearer": []}],
     "paths": {
-        "/v1/chat/completions": {"post": _completion_op(
-            "Chat completion", {
-                "type": "object", "required": ["model", "messages"],
-                "properties": {**_SAMPLING, "messages": {"type": "array", "items": _MESSAGE},
-                               "max_completion_tokens": {"type": "integer", "minimum": 1}},
-            }, "chat.completion")},
-        "/v1/completions": {"post": _completion_op(
-            "Text completion (legacy)", {
-                "type": "object", "required": ["model", "prompt"],
-                "properties": {**_SAMPLING, "prompt": {"oneOf": [
-                    {"type": "string"}, {"type": "array", "items": {"type": "string"}}]}},
-            }, "text_completion")},
-        "/v1/jobs": {"post": {
-            **_completion_op("Submit a chat job and return at once (202)", {
-                "type": "object", "required": ["model", "messages"],
-                "properties": {**_SAMPLING, "messages": {"type": "array", "items": _MESSAGE}},
-            }, "job"),
-            "responses": {"202": {"description": "The job, queued; Location names it"},
-                          "200": {"description": "A retried Idempotency-Key: the first job"},
-                          **_ERRORS},
-        }},
+        "/v1/chat/completions": {
+            "post": _completion_op(
+                "Chat completion",
+                {
+                    "type": "object",
+                    "required": ["model", "messages"],
+                    "properties": {
+                        **_SAMPLING,
+                        "messages": {"type": "array", "items": _MESSAGE},
+                        "max_completion_tokens": {"type": "integer", "minimum": 1},
+                    },
+                },
+                "chat.completion",
+            )
+        },
+        "/v1/completions": {
+            "post": _completion_op(
+                "Text completion (legacy)",
+                {
+                    "type": "object",
+                    "required": ["model", "prompt"],
+                    "properties": {
+                        **_SAMPLING,
+                        "prompt": {
+                            "oneOf": [
+                                {"type": "string"},
+                                {"type": "array", "items": {"type": "string"}},
+                            ]
+                        },
+                    },
+                },
+                "text_completion",
+            )
+        },
+        "/v1/jobs": {
+            "post": {
+                **_completion_op(
+                    "Submit a chat job and return at once (202)",
+                    {
+                        "type": "object",
+                        "required": ["model", "messages"],
+                        "properties": {
+                            **_SAMPLING,
+                            "messages": {"type": "array", "items": _MESSAGE},
+                        },
+                    },
+                    "job",
+                ),
+                "responses": {
+                    "202": {"description": "The job, queued; Location names it"},
+                    "200": {"description": "A retried Idempotency-Key: the first job"},
+                    **_ERRORS,
+                },
+            }
+        },
         "/v1/jobs/{job_id}": {
             "parameters": [_JOB_ID],
-            "get": {"summary": "A job's status, attempts, result and usage",
-                    "responses": {"200": {"description": "The job"}, "404": _ERRORS["404"]}},
-            "delete": {"summary": "Cancel a job",
-                       "responses": {"200": {"description": "The job, cancelled or cancelling"},
-                                     "404": _ERRORS["404"]}},
+            "get": {
+                "summary": "A job's status, attempts, result and usage",
+                "responses": {"200": {"description": "The job"}, "404": _ERRORS["404"]},
+            },
+            "delete": {
+                "summary": "Cancel a job",
+                "responses": {
+                    "200": {"description": "The job, cancelled or cancelling"},
+                    "404": _ERRORS["404"],
+                },
+            },
         },
-        "/v1/jobs/{job_id}/events": {"get": {
-            "summary": "The job's token and status events as SSE; resume with Last-Event-ID",
-            "parameters": [_JOB_ID, {"name": "Last-Event-ID", "in": "header",
-                                     "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "An event stream",
-                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                          "404": _ERRORS["404"]},
-        }},
-        "/v1/models": {"get": {"summary": "Models with a live worker",
-                               "responses": {"200": {"description": "A model list"},
-                                             "401": _ERRORS["401"]}}},
-        "/health": {"get": {"summary": "Liveness (always open, no dependencies)",
-                            "security": [], "responses": {"200": {"description": "ok"}}}},
-        "/ready": {"get": {"summary": "Readiness: Redis and a live worker",
-                           "responses": {"200": {"description": "ready"},
-                                         "503": {"description": "not ready"}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics",
-                             "responses": {"200": {"description": "text exposition"}}}},
+        "/v1/jobs/{job_id}/events": {
+            "get": {
+                "summary": "The job's token and status events as SSE; resume with Last-Event-ID",
+                "parameters": [
+                    _JOB_ID,
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "An event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "404": _ERRORS["404"],
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "summary": "Models with a live worker",
+                "responses": {"200": {"description": "A model list"}, "401": _ERRORS["401"]},
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Liveness (always open, no dependencies)",
+                "security": [],
+                "responses": {"200": {"description": "ok"}},
+            }
+        },
+        "/ready": {
+            "get": {
+                "summary": "Readiness: Redis and a live worker",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "text exposition"}},
+            }
+        },
     },
 }
 

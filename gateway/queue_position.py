@@ -47,9 +47,11 @@ def wanted(request: web.Request) -> bool:
 async def position(redis: Redis, model: str, job_id: str) -> int | None:
     """The job's place in the queue, or None once it is no longer queued."""
     k = model_keys(model)
-    n = int(await redis.register_script(_POSITION)(
-        keys=[k.stream, k.job(job_id)], args=[keys.GROUP, LIMIT]
-    ))
+    n = int(
+        await redis.register_script(_POSITION)(
+            keys=[k.stream, k.job(job_id)], args=[keys.GROUP, LIMIT]
+        )
+    )
     return None if n < 0 else n
 
 

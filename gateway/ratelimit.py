@@ -99,7 +99,8 @@ async def admit(request: web.Request, cost_tokens: int) -> None:
         raise BadRequest(
             f"This request needs up to {cost_tokens} tokens (prompt + max_tokens), more "
             f"than this key's limit of {tpm} tokens per minute; lower max_tokens.",
-            param="max_tokens", code="tokens_exceed_rate_limit",
+            param="max_tokens",
+            code="tokens_exceed_rate_limit",
         )
     who = subject(request)
     try:
@@ -119,6 +120,8 @@ async def admit(request: web.Request, cost_tokens: int) -> None:
     which = "requests" if rpm and req_left < 1 else "tokens"
     raise RateLimited(
         f"Rate limit reached for {which} per minute; retry after {duration(wait)}.",
-        headers={"Retry-After": str(max(1, math.ceil(wait / 1000))),
-                 "retry-after-ms": str(max(1, wait))},
+        headers={
+            "Retry-After": str(max(1, math.ceil(wait / 1000))),
+            "retry-after-ms": str(max(1, wait)),
+        },
     )

@@ -58,8 +58,12 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     finally:
         key = request.get(API_KEY)
         access_log.info(
-            "%s %s %d %.1fms key=%s", request.method, request.path, status,
-            (time.monotonic() - started) * 1000, key.name if key is not None else "-",
+            "%s %s %d %.1fms key=%s",
+            request.method,
+            request.path,
+            status,
+            (time.monotonic() - started) * 1000,
+            key.name if key is not None else "-",
         )
         CURRENT_REQUEST.reset(req_token)
         logs.job_id.reset(job_token)

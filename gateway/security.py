@@ -52,8 +52,12 @@ class Hardening:
         outer: list[Middleware] = [request_id_middleware]
         if self.cors is not None:
             outer.append(self.cors.middleware)
-        return [*outer, *inner, make_auth_middleware(self.keyring, self.settings),
-                identity_encoding_middleware]
+        return [
+            *outer,
+            *inner,
+            make_auth_middleware(self.keyring, self.settings),
+            identity_encoding_middleware,
+        ]
 
     def install(self, app: web.Application) -> None:
         app[CONTEXT_WINDOW] = ContextWindow()
@@ -73,8 +77,8 @@ async def identity_encoding_middleware(
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UnsupportedMediaType(
-            "Compressed request bodies are not supported; send the body without "
-            "Content-Encoding.", param="Content-Encoding",
+            "Compressed request bodies are not supported; send the body without Content-Encoding.",
+            param="Content-Encoding",
         )
     return await handler(request)
 

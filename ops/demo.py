@@ -46,19 +46,46 @@ def main() -> int:
         sys.exit("demo: redis-server is missing; run `sh ops/dev.sh demo` to install it")
     data = Path(tempfile.mkdtemp(prefix="streamworker-demo-"))
     redis_url = f"redis://127.0.0.1:{args.redis_port}/0"
-    env = {**os.environ, "REDIS_URL": redis_url, "GATEWAY_PORT": str(args.port),
-           "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"), "PYTHONUNBUFFERED": "1"}
-    logs = open(data / "services.log", "ab")  # noqa: SIM115 - lives as long as the demo
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "GATEWAY_PORT": str(args.port),
+        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    logs = open(data / "services.log", "ab")
     procs = [
-        subprocess.Popen(["redis-server", str(ROOT / "redis.conf"), "--port", str(args.redis_port),
-                          "--dir", str(data), "--daemonize", "no"], stdout=logs, stderr=logs),
+        subprocess.Popen(
+            [
+                "redis-server",
+                str(ROOT / "redis.conf"),
+                "--port",
+                str(args.redis_port),
+                "--dir",
+                str(data),
+                "--daemonize",
+                "no",
+            ],
+            stdout=logs,
+            stderr=logs,
+        ),
     ]
     try:
         time.sleep(0.3)
-        procs.append(subprocess.Popen([sys.executable, "-m", "streamworker", "run"], env=env,
-                                      stdout=logs, stderr=logs, cwd=ROOT))
-        procs.append(subprocess.Popen([sys.executable, "-m", "gateway"], env=env, stdout=logs,
-                                      stderr=logs, cwd=ROOT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "streamworker", "run"],
+                env=env,
+                stdout=logs,
+                stderr=logs,
+                cwd=ROOT,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gateway"], env=env, stdout=logs, stderr=logs, cwd=ROOT
+            )
+        )
         base = f"http://127.0.0.1:{args.port}"
         print(f"demo: starting redis on :{args.redis_port}, a worker, and the gateway on {base}")
         print(f"demo: logs in {data / 'services.log'}")
@@ -68,7 +95,9 @@ def main() -> int:
         stream = client.chat.completions.create(
             model=os.environ.get("MODEL_NAME", "gemma-3-270m"),
             messages=[{"role": "user", "content": args.prompt}],
-            max_tokens=64, stream=True, stream_options={"include_usage": True},
+            max_tokens=64,
+            stream=True,
+            stream_options={"include_usage": True},
         )
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
@@ -77,9 +106,11 @@ def main() -> int:
                 print(f"\n\n[{chunk.usage.completion_tokens} tokens streamed over SSE]")
         if args.once:
             return 0
-        print(f"\ndemo: serving on {base}; try\n  curl -N {base}/v1/chat/completions -d "
-              "'{\"model\":\"gemma-3-270m\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
-              "\"stream\":true}'\nCtrl-C to stop.")
+        print(
+            f"\ndemo: serving on {base}; try\n  curl -N {base}/v1/chat/completions -d "
+            '\'{"model":"gemma-3-270m","messages":[{"role":"user","content":"Hi"}],'
+            '"stream":true}\'\nCtrl-C to stop.'
+        )
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0

@@ -44,23 +44,38 @@ async def run_worker(
     metrics.capacity.set(cap.slots)
     redis = connect(redis_settings)
     queue = Queue(redis, queue_settings)
-    registry = Registry(redis, interval=worker_settings.worker_heartbeat_seconds, gpu=cap.gpu,
-                        engine=engine_settings.engine)
+    registry = Registry(
+        redis,
+        interval=worker_settings.worker_heartbeat_seconds,
+        gpu=cap.gpu,
+        engine=engine_settings.engine,
+    )
     # Every worker process on this GPU (or CPU host) shares one semaphore.
     semaphore = GpuSemaphore(
-        redis, worker_settings.worker_semaphore_key or cap.gpu, cap.slots,
+        redis,
+        worker_settings.worker_semaphore_key or cap.gpu,
+        cap.slots,
         owner=worker_settings.name(),
         lease_seconds=worker_settings.worker_semaphore_lease_seconds,
         poll_seconds=min(0.25, worker_settings.worker_block_ms / 1000),
     )
     worker = Worker(
-        queue, engine, model=engine_settings.model_name, consumer=worker_settings.name(),
-        slots=cap.slots, block_ms=worker_settings.worker_block_ms,
+        queue,
+        engine,
+        model=engine_settings.model_name,
+        consumer=worker_settings.name(),
+        slots=cap.slots,
+        block_ms=worker_settings.worker_block_ms,
         shutdown_grace=worker_settings.worker_shutdown_grace_seconds,
-        metrics=metrics, registry=registry, semaphore=semaphore,
+        metrics=metrics,
+        registry=registry,
+        semaphore=semaphore,
     )
-    metrics.serve(worker_settings.worker_metrics_host, worker_settings.worker_metrics_port,
-                  health=lambda: registry.health(worker))
+    metrics.serve(
+        worker_settings.worker_metrics_host,
+        worker_settings.worker_metrics_port,
+        health=lambda: registry.health(worker),
+    )
     stop = anyio.Event()
     engine_died = False
     async with anyio.create_task_group() as tg:
@@ -86,8 +101,12 @@ async def run_worker(
 
         tg.start_soon(signals)
         tg.start_soon(watchdog)
-        log.info("worker %s serving %s with engine %s", worker.consumer, worker.model,
-                 engine_settings.engine)
+        log.info(
+            "worker %s serving %s with engine %s",
+            worker.consumer,
+            worker.model,
+            engine_settings.engine,
+        )
         await worker.run(stop=stop)
         tg.cancel_scope.cancel()
     await redis.aclose()
@@ -142,8 +161,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging("streamworker")
     if command == "run":
-        return anyio.run(run_worker, redis_settings, queue_settings, engine_settings,
-                         worker_settings, backend_options={"use_uvloop": True})
+        return anyio.run(
+            run_worker,
+            redis_settings,
+            queue_settings,
+            engine_settings,
+            worker_settings,
+            backend_options={"use_uvloop": True},
+        )
     from streamworker import cli
 
     return anyio.run(cli.dispatch, args, redis_settings, queue_settings)

@@ -45,8 +45,16 @@ CPU_CORES_PER_SLOT = 4
 AUTO_MAX_SLOTS = 64
 # Bytes per cached element for llama.cpp's KV cache types (block formats:
 # q8_0 stores 32 values in 34 bytes, q4_0 in 18).
-CACHE_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32,
-                    "q5_0": 22 / 32, "q4_1": 20 / 32, "q4_0": 18 / 32}
+CACHE_TYPE_BYTES = {
+    "f32": 4.0,
+    "f16": 2.0,
+    "bf16": 2.0,
+    "q8_0": 34 / 32,
+    "q5_1": 24 / 32,
+    "q5_0": 22 / 32,
+    "q4_1": 20 / 32,
+    "q4_0": 18 / 32,
+}
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,8 @@ def read_gpu(nvml: ModuleType | None = None) -> GpuMemory | None:
         return GpuMemory(
             uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
             name=name.decode() if isinstance(name, bytes) else str(name),
-            total=int(mem.total), free=int(mem.free),
+            total=int(mem.total),
+            free=int(mem.free),
         )
     except Exception:  # a GPU NVML cannot describe: treat the host as CPU-only
         return None
@@ -134,8 +143,7 @@ def engine_limit(settings: EngineSettings | None) -> tuple[int, str]:
     return AUTO_MAX_SLOTS, f"auto stops at {AUTO_MAX_SLOTS} (set a number for more)"
 
 
-def _capped(slots: int, settings: EngineSettings | None,
-            inputs: list[tuple[str, str]]) -> int:
+def _capped(slots: int, settings: EngineSettings | None, inputs: list[tuple[str, str]]) -> int:
     limit, why = engine_limit(settings)
     if slots > limit:
         inputs.append(("engine limit", f"{limit}: {why}"))
@@ -177,18 +185,29 @@ def resolve(
             ) from None
         if slots < 1:
             raise ValueError("WORKER_CONCURRENCY must be at least 1")
-        return Capacity(slots, key, "set by WORKER_CONCURRENCY",
-                        [("WORKER_CONCURRENCY", str(slots)), ("semaphore key", key)])
+        return Capacity(
+            slots,
+            key,
+            "set by WORKER_CONCURRENCY",
+            [("WORKER_CONCURRENCY", str(slots)), ("semaphore key", key)],
+        )
     shape, problem = _shape(settings)
     inputs: list[tuple[str, str]] = [("WORKER_CONCURRENCY", "auto")]
     on_gpu = gpu is not None and (settings is None or settings.model_n_gpu_layers != 0)
     if shape is None or not on_gpu or gpu is None:
         cores = os.cpu_count() or 1
-        why = ("no NVIDIA GPU (NVML unavailable)" if gpu is None
-               else "MODEL_N_GPU_LAYERS=0 keeps the model on the CPU" if not on_gpu
-               else problem)
-        inputs += [("GPU", why), ("CPU cores", str(cores)),
-                   ("rule", f"CPU rule: max(1, {cores} cores // {CPU_CORES_PER_SLOT})")]
+        why = (
+            "no NVIDIA GPU (NVML unavailable)"
+            if gpu is None
+            else "MODEL_N_GPU_LAYERS=0 keeps the model on the CPU"
+            if not on_gpu
+            else problem
+        )
+        inputs += [
+            ("GPU", why),
+            ("CPU cores", str(cores)),
+            ("rule", f"CPU rule: max(1, {cores} cores // {CPU_CORES_PER_SLOT})"),
+        ]
         if shape is not None:
             inputs.append(("model", f"{shape.arch}, {_gib(shape.file_bytes)} of weights"))
         elif gpu is None:
@@ -205,8 +224,11 @@ def resolve(
         ("GPU", f"{gpu.name} ({gpu.uuid})"),
         ("total memory", _gib(gpu.total)),
         ("free memory", _gib(gpu.free)),
-        ("model", f"{shape.arch}, {shape.n_layers} layers, {shape.n_kv_heads} KV heads, "
-                  f"head size {shape.key_length}/{shape.value_length}"),
+        (
+            "model",
+            f"{shape.arch}, {shape.n_layers} layers, {shape.n_kv_heads} KV heads, "
+            f"head size {shape.key_length}/{shape.value_length}",
+        ),
         ("weights (GGUF size)", _gib(shape.file_bytes)),
         ("runtime overhead", _gib(RUNTIME_OVERHEAD)),
         ("KV cache per request", f"{_gib(per_request)} (n_ctx {n_ctx}, cache {cache_type})"),

@@ -38,32 +38,42 @@ async def inspect(queue: Queue) -> None:
         info = await r.xinfo_stream(k.stream)
         print(f"   XINFO STREAM: length={info['length']} last-id={_s(info['last-generated-id'])}")
         for g in await r.xinfo_groups(k.stream):
-            print(f"   group {_s(g['name'])}: consumers={g['consumers']} pending={g['pending']}"
-                  f" last-delivered={_s(g['last-delivered-id'])} lag={g.get('lag')}")
+            print(
+                f"   group {_s(g['name'])}: consumers={g['consumers']} pending={g['pending']}"
+                f" last-delivered={_s(g['last-delivered-id'])} lag={g.get('lag')}"
+            )
             for c in await r.xinfo_consumers(k.stream, g["name"]):
-                print(f"     consumer {_s(c['name'])}: pending={c['pending']} "
-                      f"idle={c['idle']}ms")
+                print(f"     consumer {_s(c['name'])}: pending={c['pending']} idle={c['idle']}ms")
         pending = await r.xpending_range(k.stream, keys.GROUP, "-", "+", 50)
         for p in pending:
-            print(f"     pending {_s(p['message_id'])} owner={_s(p['consumer'])} "
-                  f"idle={p['time_since_delivered']}ms deliveries={p['times_delivered']}")
-        print(f"   queued jobs: {int(await r.get(k.queued) or 0)}   "
-              f"dead letters: {await r.xlen(k.dead)}")
+            print(
+                f"     pending {_s(p['message_id'])} owner={_s(p['consumer'])} "
+                f"idle={p['time_since_delivered']}ms deliveries={p['times_delivered']}"
+            )
+        print(
+            f"   queued jobs: {int(await r.get(k.queued) or 0)}   "
+            f"dead letters: {await r.xlen(k.dead)}"
+        )
         counts = await job_counts(r, k)
-        print("   job records by status: "
-              + (", ".join(f"{s}={n}" for s, n in sorted(counts.items())) or "none"))
+        print(
+            "   job records by status: "
+            + (", ".join(f"{s}={n}" for s, n in sorted(counts.items())) or "none")
+        )
     workers = await live_workers(r)
     print(f"== live workers: {len(workers)}")
     now = time.time() * 1000
     for w in workers:
-        print(f"   {w.id}: model={w.model} slots={w.slots} active={w.active} gpu={w.gpu or '-'} "
-              f"engine={w.engine} host={w.host} pid={w.pid} "
-              f"heartbeat {int(now - w.heartbeat_at)}ms ago")
+        print(
+            f"   {w.id}: model={w.model} slots={w.slots} active={w.active} gpu={w.gpu or '-'} "
+            f"engine={w.engine} host={w.host} pid={w.pid} "
+            f"heartbeat {int(now - w.heartbeat_at)}ms ago"
+        )
     for gpu in sorted({w.gpu for w in workers if w.gpu}):
         held = await holders(r, gpu)
-        print(f"== GPU semaphore {keys.semaphore(gpu)}: {len(held)} slot(s) held"
-              + "".join(f"\n   {token} lease ends in {int(expiry - now)}ms"
-                        for token, expiry in held))
+        print(
+            f"== GPU semaphore {keys.semaphore(gpu)}: {len(held)} slot(s) held"
+            + "".join(f"\n   {token} lease ends in {int(expiry - now)}ms" for token, expiry in held)
+        )
 
 
 async def job_counts(r: Redis, k: keys.ModelKeys) -> dict[str, int]:
@@ -98,8 +108,10 @@ async def dead(queue: Queue, args: argparse.Namespace) -> int:
     if args.dead_command == "list":
         for model in models:
             for entry_id, f in await queue.dead(model):
-                print(f"{model}\t{entry_id}\t{f.get('job_id')}\tattempts={f.get('attempts')}\t"
-                      f"{f.get('reason')}")
+                print(
+                    f"{model}\t{entry_id}\t{f.get('job_id')}\tattempts={f.get('attempts')}\t"
+                    f"{f.get('reason')}"
+                )
         return 0
     missing = 0
     for model in models:

@@ -15,8 +15,19 @@ from typing import BinaryIO
 
 MAGIC = b"GGUF"
 # Value types: struct format for the scalars; 8 = string, 9 = array.
-_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-           10: "<Q", 11: "<q", 12: "<d"}
+_SCALAR = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _STRING, _ARRAY = 8, 9
 # Arrays longer than this (the tokenizer's vocabulary) are skipped, not kept:
 # sizing never needs them and a 262k-entry list would cost memory and time.

@@ -29,28 +29,52 @@ class WorkerMetrics:
         self.registry = r = CollectorRegistry()
         self.active = Gauge("proxy_active_jobs", "Jobs this worker runs now", registry=r)
         self.capacity = Gauge("proxy_capacity", "This worker's job slots", registry=r)
-        self.jobs = Counter("streamworker_jobs_total", "Jobs ended, by final status",
-                            ["status"], registry=r)
-        self.skipped = Counter("streamworker_jobs_skipped_total",
-                               "Entries read but not run (cancelled, expired, done, dead)",
-                               ["reason"], registry=r)
-        self.reclaimed = Counter("streamworker_jobs_reclaimed_total",
-                                 "Entries taken over from dead workers by XAUTOCLAIM", registry=r)
-        self.dead_lettered = Counter("streamworker_jobs_dead_lettered_total",
-                                     "Jobs moved to the dead-letter stream", registry=r)
-        self.tokens = Counter("streamworker_generation_tokens_total", "Tokens generated",
-                              registry=r)
-        self.ttft = Histogram("streamworker_time_to_first_token_seconds",
-                              "From job start on the worker to its first token",
-                              buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_time = Histogram("streamworker_request_queue_time_seconds",
-                                    "From enqueue to the job's first start",
-                                    buckets=LATENCY_BUCKETS, registry=r)
-        self.e2e = Histogram("streamworker_e2e_request_latency_seconds",
-                             "From enqueue to the job's end", buckets=LATENCY_BUCKETS, registry=r)
-        self.inter_token = Histogram("streamworker_inter_token_latency_seconds",
-                                     "Mean time between tokens of a job",
-                                     buckets=TOKEN_BUCKETS, registry=r)
+        self.jobs = Counter(
+            "streamworker_jobs_total", "Jobs ended, by final status", ["status"], registry=r
+        )
+        self.skipped = Counter(
+            "streamworker_jobs_skipped_total",
+            "Entries read but not run (cancelled, expired, done, dead)",
+            ["reason"],
+            registry=r,
+        )
+        self.reclaimed = Counter(
+            "streamworker_jobs_reclaimed_total",
+            "Entries taken over from dead workers by XAUTOCLAIM",
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "streamworker_jobs_dead_lettered_total",
+            "Jobs moved to the dead-letter stream",
+            registry=r,
+        )
+        self.tokens = Counter(
+            "streamworker_generation_tokens_total", "Tokens generated", registry=r
+        )
+        self.ttft = Histogram(
+            "streamworker_time_to_first_token_seconds",
+            "From job start on the worker to its first token",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "streamworker_request_queue_time_seconds",
+            "From enqueue to the job's first start",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "streamworker_e2e_request_latency_seconds",
+            "From enqueue to the job's end",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "streamworker_inter_token_latency_seconds",
+            "Mean time between tokens of a job",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
 
     def serve(self, host: str, port: int, health: Callable[[], str | None] | None = None) -> None:
         """/metrics, and /health for the orchestrator: `health` returns None
@@ -65,8 +89,11 @@ class WorkerMetrics:
             problem = health() if health is not None else None
             status = "503 Service Unavailable" if problem else "200 OK"
             start_response(status, [("Content-Type", "application/json")])
-            return [json.dumps({"status": "unavailable" if problem else "ok",
-                                "reason": problem}).encode()]
+            return [
+                json.dumps(
+                    {"status": "unavailable" if problem else "ok", "reason": problem}
+                ).encode()
+            ]
 
         server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
         threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
@@ -75,8 +102,14 @@ class WorkerMetrics:
         if record is not None and record.attempt <= 1:
             self.queue_time.observe(max(0.0, time.time() - record.created_at / 1000))
 
-    def job_finished(self, status: str, new_tokens: int, t0: float, first_token: float | None,
-                     record: JobRecord | None) -> None:
+    def job_finished(
+        self,
+        status: str,
+        new_tokens: int,
+        t0: float,
+        first_token: float | None,
+        record: JobRecord | None,
+    ) -> None:
         self.jobs.labels(status).inc()
         self.tokens.inc(new_tokens)
         now = time.monotonic()

@@ -101,8 +101,16 @@ class Queue:
         await self.redis.set(keys.job_model(job_id), model, ex=ttl)
         result = await self.scripts.enqueue(
             keys=[k.stream, k.job(job_id), k.queued, k.idempotency(idempotency_key or "-")],
-            args=[job_id, model, msgspec.json.encode(request), now, deadline, max_queue,
-                  IDEMPOTENCY_TTL_SECONDS, 1 if idempotency_key else 0],
+            args=[
+                job_id,
+                model,
+                msgspec.json.encode(request),
+                now,
+                deadline,
+                max_queue,
+                IDEMPOTENCY_TTL_SECONDS,
+                1 if idempotency_key else 0,
+            ],
         )
         outcome = result[0].decode()
         if outcome == "full":
@@ -147,9 +155,11 @@ class Queue:
         job_id = rows[0][1][b"job_id"].decode()
         now = now_ms()
         deadline = now + int(self.settings.job_timeout_seconds * 1000)
-        await self.redis.set(keys.job_model(job_id), model,
-                             ex=int(self.settings.job_timeout_seconds)
-                             + self.settings.job_result_ttl_seconds)
+        await self.redis.set(
+            keys.job_model(job_id),
+            model,
+            ex=int(self.settings.job_timeout_seconds) + self.settings.job_result_ttl_seconds,
+        )
         result = await self.scripts.replay(
             keys=[k.dead, k.stream, k.job(job_id), k.queued], args=[dead_id, now, deadline]
         )
@@ -191,8 +201,11 @@ class Queue:
         """Delete group consumers that are not live workers, have been idle
         longer than `idle_ms` and own no pending entry (checked atomically)."""
         k = model_keys(model)
-        gone = [c["name"] for c in await self.redis.xinfo_consumers(k.stream, keys.GROUP)
-                if c["name"].decode() not in live and c["idle"] >= idle_ms]
+        gone = [
+            c["name"]
+            for c in await self.redis.xinfo_consumers(k.stream, keys.GROUP)
+            if c["name"].decode() not in live and c["idle"] >= idle_ms
+        ]
         if not gone:
             return []
         removed = await self.scripts.prune(keys=[k.stream], args=[keys.GROUP, *gone])
@@ -203,10 +216,22 @@ class Queue:
         the tokens already delivered by earlier attempts) or why it was skipped."""
         k = model_keys(model)
         result = await self.scripts.start(
-            keys=[k.job(entry.job_id), k.log(entry.job_id), k.channel(entry.job_id),
-                  k.stream, k.queued, k.dead],
-            args=[entry.entry_id, consumer, keys.GROUP, now_ms(),
-                  self.settings.job_max_attempts, self.settings.job_result_ttl_seconds],
+            keys=[
+                k.job(entry.job_id),
+                k.log(entry.job_id),
+                k.channel(entry.job_id),
+                k.stream,
+                k.queued,
+                k.dead,
+            ],
+            args=[
+                entry.entry_id,
+                consumer,
+                keys.GROUP,
+                now_ms(),
+                self.settings.job_max_attempts,
+                self.settings.job_result_ttl_seconds,
+            ],
         )
         if result[0] != b"run":
             return result[1].decode()
@@ -241,8 +266,16 @@ class Queue:
         flat: list[str | int] = [x for kv in fields.items() for x in kv]
         result = await self.scripts.finish(
             keys=[k.job(entry.job_id), k.log(entry.job_id), k.channel(entry.job_id), k.stream],
-            args=[attempt, entry.entry_id, keys.GROUP, status, now_ms(),
-                  self.settings.job_result_ttl_seconds, event, *flat],
+            args=[
+                attempt,
+                entry.entry_id,
+                keys.GROUP,
+                status,
+                now_ms(),
+                self.settings.job_result_ttl_seconds,
+                event,
+                *flat,
+            ],
         )
         return bool(result)
 
@@ -260,11 +293,27 @@ class Queue:
         attempts) or at shutdown (error=None). 'requeued', 'dead' or 'stale'."""
         k = model_keys(model)
         result = await self.scripts.requeue(
-            keys=[k.job(entry.job_id), k.log(entry.job_id), k.channel(entry.job_id),
-                  k.stream, k.queued, k.dead],
-            args=[attempt, entry.entry_id, keys.GROUP, consumer, now_ms(),
-                  self.settings.job_result_ttl_seconds, self.settings.job_max_attempts,
-                  1 if error is not None else 0, error or "", self.lease_ms, delay_ms],
+            keys=[
+                k.job(entry.job_id),
+                k.log(entry.job_id),
+                k.channel(entry.job_id),
+                k.stream,
+                k.queued,
+                k.dead,
+            ],
+            args=[
+                attempt,
+                entry.entry_id,
+                keys.GROUP,
+                consumer,
+                now_ms(),
+                self.settings.job_result_ttl_seconds,
+                self.settings.job_max_attempts,
+                1 if error is not None else 0,
+                error or "",
+                self.lease_ms,
+                delay_ms,
+            ],
         )
         return result.decode()
 

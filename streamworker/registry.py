@@ -53,9 +53,16 @@ class Registry:
 
     def info(self, worker: Worker) -> WorkerInfo:
         return WorkerInfo(
-            id=worker.consumer, model=worker.model, host=socket.gethostname(), pid=os.getpid(),
-            slots=worker.slots, active=len(worker.active), gpu=self.gpu, engine=self.engine,
-            started_at=self.started_at, heartbeat_at=int(time.time() * 1000),
+            id=worker.consumer,
+            model=worker.model,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            slots=worker.slots,
+            active=len(worker.active),
+            gpu=self.gpu,
+            engine=self.engine,
+            started_at=self.started_at,
+            heartbeat_at=int(time.time() * 1000),
             n_ctx=int(getattr(worker.engine, "n_ctx", 0) or 0),
             model_path=str(getattr(worker.engine, "path", "") or ""),
         )
@@ -122,8 +129,9 @@ async def live_workers(redis: Redis) -> list[WorkerInfo]:
             gone.append(wid)
             continue
         out.append(
-            msgspec.convert({k.decode(): v.decode() for k, v in row.items()}, WorkerInfo,
-                            strict=False)
+            msgspec.convert(
+                {k.decode(): v.decode() for k, v in row.items()}, WorkerInfo, strict=False
+            )
         )
     if gone:
         await redis.zrem(keys.WORKERS, *gone)

@@ -9,8 +9,18 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-NAMES = ("enqueue", "start", "append", "finish", "requeue", "refresh", "cancel", "replay", "prune",
-         "ratelimit")
+NAMES = (
+    "enqueue",
+    "start",
+    "append",
+    "finish",
+    "requeue",
+    "refresh",
+    "cancel",
+    "replay",
+    "prune",
+    "ratelimit",
+)
 
 
 def _source(name: str) -> str:

@@ -53,7 +53,13 @@ class Grant:
 
 class GpuSemaphore:
     def __init__(
-        self, redis: Redis, gpu: str, limit: int, *, owner: str, lease_seconds: float = 15.0,
+        self,
+        redis: Redis,
+        gpu: str,
+        limit: int,
+        *,
+        owner: str,
+        lease_seconds: float = 15.0,
         poll_seconds: float = 0.2,
     ) -> None:
         self.redis = redis
@@ -79,9 +85,11 @@ class GpuSemaphore:
         if self._fresh:
             await self._forget_previous_life()
         tokens = [self._token() for _ in range(n)] if n > 0 else []
-        granted: list[bytes] = await self._acquire(
-            keys=[self.key], args=[self.limit, self.lease_ms, *tokens]
-        ) if tokens else []
+        granted: list[bytes] = (
+            await self._acquire(keys=[self.key], args=[self.limit, self.lease_ms, *tokens])
+            if tokens
+            else []
+        )
         grant = Grant([t.decode() for t in granted])
         try:
             yield grant
@@ -96,8 +104,11 @@ class GpuSemaphore:
         under our name belong to this worker's previous process (killed, then
         restarted by systemd): free them now rather than after their lease,
         as the worker takes back its own pending entries at once too."""
-        mine = [m for m in await self.redis.zrange(self.key, 0, -1)
-                if m.decode().rsplit(":", 1)[0] == self.owner]
+        mine = [
+            m
+            for m in await self.redis.zrange(self.key, 0, -1)
+            if m.decode().rsplit(":", 1)[0] == self.owner
+        ]
         if mine:
             await self.redis.zrem(self.key, *mine)
             log.info("freed %d GPU slot(s) held by this worker's previous process", len(mine))
@@ -116,8 +127,9 @@ class GpuSemaphore:
             try:
                 await self.redis.zrem(self.key, *tokens)
             except (RedisError, OSError) as exc:
-                log.warning("could not release %d GPU slot(s) (%s); the lease frees them",
-                            len(tokens), exc)
+                log.warning(
+                    "could not release %d GPU slot(s) (%s); the lease frees them", len(tokens), exc
+                )
 
     async def renew(self) -> int:
         """Extend the leases of every slot held; returns how many had lapsed."""

@@ -138,8 +138,9 @@ class Worker:
                     # read no more entries than we may run at once.
                     async with self._grant(self.free) as grant:
                         if not grant:
-                            await anyio.sleep(self.semaphore.poll_seconds if self.semaphore
-                                              else 0.1)
+                            await anyio.sleep(
+                                self.semaphore.poll_seconds if self.semaphore else 0.1
+                            )
                             continue
                         want = len(grant)
                         if not own_checked:
@@ -158,13 +159,12 @@ class Worker:
                                 if self.metrics:
                                     self.metrics.reclaimed.inc(len(reclaimed))
                             entries += reclaimed
-                            self._next_reclaim = (time.monotonic()
-                                                  + self.queue.settings.job_lease_seconds / 4)
+                            self._next_reclaim = (
+                                time.monotonic() + self.queue.settings.job_lease_seconds / 4
+                            )
                         if not entries:
                             block = 10 if burst else self.block_ms
-                            entries = await self.queue.read(
-                                self.model, self.consumer, want, block
-                            )
+                            entries = await self.queue.read(self.model, self.consumer, want, block)
                         for entry in entries:
                             if entry.entry_id in self.active:
                                 continue
@@ -267,8 +267,10 @@ class Worker:
             self.metrics.active.set(len(self.active))
             self.metrics.job_started(record)
         resume = [Piece(e.token, e.text) for e in started.logged]
+        # What the log holds (earlier attempts, then ours as it is accepted):
+        # the record's final text is exactly what a client can have seen.
+        sent: list[LogEntry] = list(started.logged)
         seq = len(resume)
-        text_parts = [e.text for e in started.logged]
         buffer: list[LogEntry] = []
         wake = anyio.Event()
         finished = False
@@ -295,6 +297,7 @@ class Worker:
                         job.stop(outcome)
                         return
                     seq += len(batch)
+                    sent.extend(batch)
                 if finished:
                     return
 
@@ -302,9 +305,9 @@ class Worker:
         async with anyio.create_task_group() as tg:
             tg.start_soon(publish)
             try:
-                async with contextlib.aclosing(self.engine.generate(
-                    request.messages, request.params, resume, job.cancel
-                )) as items:
+                async with contextlib.aclosing(
+                    self.engine.generate(request.messages, request.params, resume, job.cancel)
+                ) as items:
                     async for item in items:
                         if isinstance(item, Done):
                             done = item
@@ -312,7 +315,6 @@ class Worker:
                         if first_token_at is None:
                             first_token_at = time.monotonic()
                         buffer.append(LogEntry(item.token, item.text))
-                        text_parts.append(item.text)
                         wake.set()
                         if now_ms() >= job.deadline_ms:
                             job.stop("expired")
@@ -329,10 +331,16 @@ class Worker:
             # The request itself is at fault (e.g. too long): fail it now with
             # a code the gateway maps to a 4xx; no retry, no dead letter.
             end = End(status=JobStatus.FAILED.value, code=error.code, message=str(error))
-            await self._with_backoff(lambda: self.queue.finish(
-                self.model, entry, job.attempt, JobStatus.FAILED.value, encode(end),
-                {"error": str(error), "error_code": error.code},
-            ))
+            await self._with_backoff(
+                lambda: self.queue.finish(
+                    self.model,
+                    entry,
+                    job.attempt,
+                    JobStatus.FAILED.value,
+                    encode(end),
+                    {"error": str(error), "error_code": error.code},
+                )
+            )
             return
         if error is not None:
             await self._fail(job, error)
@@ -348,7 +356,7 @@ class Worker:
         }[job.stop_reason]
         finish_reason = done.finish_reason if done else "cancelled"
         prompt_tokens = done.prompt_tokens if done else 0
-        completion = sum(1 for e in resume if e.token >= 0) + (seq - len(resume))
+        completion = sum(1 for e in sent if e.token >= 0)  # -1: a text tail, no token
         end = End(
             status=status.value,
             finish_reason=finish_reason if status is JobStatus.COMPLETED else None,
@@ -362,19 +370,32 @@ class Worker:
         )
         ok = await self._with_backoff(
             lambda: self.queue.finish(
-                self.model, entry, job.attempt, status.value, encode(end),
-                {"text": "".join(text_parts), "finish_reason": end.finish_reason or "",
-                 "prompt_tokens": prompt_tokens, "completion_tokens": completion},
+                self.model,
+                entry,
+                job.attempt,
+                status.value,
+                encode(end),
+                {
+                    "text": "".join(e.text for e in sent),
+                    "finish_reason": end.finish_reason or "",
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion,
+                },
             )
         )
         self.jobs_done += 1
         if self.metrics and ok:
-            self.metrics.job_finished(status.value, completion - len(resume), t0,
-                                      first_token_at, record)
+            new_tokens = completion - sum(1 for e in started.logged if e.token >= 0)
+            self.metrics.job_finished(status.value, new_tokens, t0, first_token_at, record)
         if ok:
             # Carries job_id and request_id (context vars): the worker's end of a request's path.
-            log.info("job %s: %s, %d prompt + %d completion tokens", entry.job_id,
-                     status.value, prompt_tokens, completion)
+            log.info(
+                "job %s: %s, %d prompt + %d completion tokens",
+                entry.job_id,
+                status.value,
+                prompt_tokens,
+                completion,
+            )
         else:
             log.warning("job %s: finish refused (stale attempt %d)", entry.job_id, job.attempt)
 
@@ -391,8 +412,9 @@ class Worker:
         if outcome == "requeued":
             # Our own XAUTOCLAIM may take the retry as soon as its backoff ends.
             self._next_reclaim = min(self._next_reclaim, time.monotonic() + delay / 1000 + 0.05)
-        log.warning("job %s attempt %d failed (%s): %s", job.entry.job_id, job.attempt,
-                    outcome, message)
+        log.warning(
+            "job %s attempt %d failed (%s): %s", job.entry.job_id, job.attempt, outcome, message
+        )
         if self.metrics and outcome == "dead":
             self.metrics.dead_lettered.inc()
 

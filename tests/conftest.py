@@ -49,9 +49,7 @@ def services(tmp_path: Path) -> Iterator[list]:
 
 
 @pytest.fixture
-def start_gateway(
-    redis_url: str, tmp_path: Path, services: list
-) -> Callable[..., Gateway]:
+def start_gateway(redis_url: str, tmp_path: Path, services: list) -> Callable[..., Gateway]:
     def start(**env: str) -> Gateway:
         gw = Gateway(redis_url, tmp_path / f"gateway-{len(services)}.log", **env)
         services.append(gw)
@@ -82,5 +80,6 @@ def echo_stack(start_gateway, start_worker) -> tuple[Gateway, Worker]:
 
 
 def client_for(gateway: Gateway, **kw: object) -> OpenAI:
-    return OpenAI(base_url=gateway.url + "/v1", api_key=kw.pop("api_key", "unused"),
-                  max_retries=0, **kw)  # type: ignore[arg-type]
+    return OpenAI(
+        base_url=gateway.url + "/v1", api_key=kw.pop("api_key", "unused"), max_retries=0, **kw
+    )  # type: ignore[arg-type]

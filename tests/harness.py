@@ -58,10 +58,12 @@ class RedisServer:
         conf.write_text(
             f"include {ROOT / 'redis.conf'}\n"
             f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
-            "daemonize no\nmaxmemory 512mb\nsave \"\"\n"
+            'daemonize no\nmaxmemory 512mb\nsave ""\n'
         )
         self.proc = subprocess.Popen(
-            ["redis-server", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            ["redis-server", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
             cwd=self.workdir,
         )
         wait_for(self.ping, timeout=20, what="redis-server")
@@ -76,8 +78,9 @@ class RedisServer:
         return out.stdout.strip() == b"PONG"
 
     def cli(self, *args: str) -> str:
-        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
-                             timeout=10, check=True)
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], capture_output=True, timeout=10, check=True
+        )
         return out.stdout.decode()
 
     def kill(self) -> None:
@@ -107,9 +110,10 @@ class Service:
 
     def start(self) -> Service:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        self._fh = open(self.log, "ab")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen([PYTHON, "-m", *self.args], env=env, stdout=self._fh,
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        self._fh = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", *self.args], env=env, stdout=self._fh, stderr=subprocess.STDOUT, cwd=ROOT
+        )
         return self
 
     @property
@@ -156,8 +160,12 @@ class Gateway(Service):
         self.port = free_port()
         super().__init__(
             ["gateway"],
-            {"REDIS_URL": redis_url, "GATEWAY_PORT": str(self.port),
-             "GATEWAY_HOST": "127.0.0.1", **env},
+            {
+                "REDIS_URL": redis_url,
+                "GATEWAY_PORT": str(self.port),
+                "GATEWAY_HOST": "127.0.0.1",
+                **env,
+            },
             log,
         )
 
@@ -167,8 +175,11 @@ class Gateway(Service):
 
     def start(self) -> Gateway:
         super().start()
-        wait_for(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200,
-                 timeout=30, what="gateway /health")
+        wait_for(
+            lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200,
+            timeout=30,
+            what="gateway /health",
+        )
         return self
 
 
@@ -179,15 +190,24 @@ class Worker(Service):
             ["streamworker", "run"],
             # Each test worker gets its own GPU semaphore (as if on its own
             # card) unless a test shares one on purpose.
-            {"REDIS_URL": redis_url, "WORKER_NAME": name, "WORKER_METRICS_PORT": "0",
-             "WORKER_SEMAPHORE_KEY": f"test-{name}",
-             "WORKER_HEARTBEAT_SECONDS": "0.5", "WORKER_BLOCK_MS": "200", **env},
+            {
+                "REDIS_URL": redis_url,
+                "WORKER_NAME": name,
+                "WORKER_METRICS_PORT": "0",
+                "WORKER_SEMAPHORE_KEY": f"test-{name}",
+                "WORKER_HEARTBEAT_SECONDS": "0.5",
+                "WORKER_BLOCK_MS": "200",
+                **env,
+            },
             log,
         )
 
     def start(self, wait_registered: bool = True, redis: RedisServer | None = None) -> Worker:
         super().start()
         if wait_registered and redis is not None:
-            wait_for(lambda: self.name in redis.cli("ZRANGE", "sw:workers", "0", "-1"),
-                     timeout=60, what=f"worker {self.name} heartbeat")
+            wait_for(
+                lambda: self.name in redis.cli("ZRANGE", "sw:workers", "0", "-1"),
+                timeout=60,
+                what=f"worker {self.name} heartbeat",
+            )
         return self

@@ -17,8 +17,7 @@ from tests.conftest import ECHO
 SLOW = {**ECHO, "ECHO_TOKEN_INTERVAL_MS": "50"}
 
 
-def test_burst_of_ten_times_capacity(start_gateway, start_worker,
-                                     r: redis_sync.Redis) -> None:
+def test_burst_of_ten_times_capacity(start_gateway, start_worker, r: redis_sync.Redis) -> None:
     start_worker(WORKER_CONCURRENCY="2", **SLOW)
     gateway = start_gateway(MAX_QUEUE="4")
     queued_key = keys.ModelKeys("echo-test").queued
@@ -32,9 +31,15 @@ def test_burst_of_ten_times_capacity(start_gateway, start_worker,
             stop.wait(0.005)
 
     def ask(i: int) -> tuple[httpx.Response, float]:
-        response = httpx.post(gateway.url + "/v1/chat/completions", timeout=120, json={
-            "model": "echo-test", "max_tokens": 8,
-            "messages": [{"role": "user", "content": f"burst{i}"}]})
+        response = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            timeout=120,
+            json={
+                "model": "echo-test",
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": f"burst{i}"}],
+            },
+        )
         return response, time.monotonic()
 
     sampler = threading.Thread(target=sample)
@@ -65,21 +70,36 @@ def test_burst_of_ten_times_capacity(start_gateway, start_worker,
 def test_queue_position_while_waiting(start_gateway, start_worker) -> None:
     start_worker(WORKER_CONCURRENCY="1", **SLOW)
     gateway = start_gateway(SSE_KEEPALIVE_SECONDS="0.2")
-    body = {"model": "echo-test", "max_tokens": 10, "stream": True,
-            "messages": [{"role": "user", "content": "waiting"}]}
+    body = {
+        "model": "echo-test",
+        "max_tokens": 10,
+        "stream": True,
+        "messages": [{"role": "user", "content": "waiting"}],
+    }
 
     def busy(i: int) -> int:
-        return httpx.post(gateway.url + "/v1/chat/completions", timeout=60, json={
-            **body, "stream": False, "messages": [{"role": "user", "content": f"ahead{i}"}],
-        }).status_code
+        return httpx.post(
+            gateway.url + "/v1/chat/completions",
+            timeout=60,
+            json={
+                **body,
+                "stream": False,
+                "messages": [{"role": "user", "content": f"ahead{i}"}],
+            },
+        ).status_code
 
     with ThreadPoolExecutor(3) as pool:
         ahead = [pool.submit(busy, i) for i in range(3)]
         time.sleep(0.3)  # let them enqueue first (ordering, not a threshold)
         positions: list[int] = []
         text = ""
-        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=60,
-                          headers={"X-Queue-Position": "true"}) as resp:
+        with httpx.stream(
+            "POST",
+            gateway.url + "/v1/chat/completions",
+            json=body,
+            timeout=60,
+            headers={"X-Queue-Position": "true"},
+        ) as resp:
             assert resp.status_code == 200
             for line in resp.iter_lines():
                 if line.startswith(": queue-position "):
@@ -94,9 +114,17 @@ def test_queue_position_while_waiting(start_gateway, start_worker) -> None:
 
 def test_no_position_unless_asked(echo_stack) -> None:
     gateway, _ = echo_stack
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", timeout=30, json={
-        "model": "echo-test", "max_tokens": 3, "stream": True,
-        "messages": [{"role": "user", "content": "x"}]}) as resp:
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        timeout=30,
+        json={
+            "model": "echo-test",
+            "max_tokens": 3,
+            "stream": True,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+    ) as resp:
         lines = list(resp.iter_lines())
     assert not any(line.startswith(": queue-position") for line in lines)
     assert "data: [DONE]" in lines

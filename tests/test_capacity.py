@@ -74,14 +74,18 @@ def big_model(tmp_path: Path) -> Path:
     """7 GiB of weights (+1 GiB runtime = the seed's 8 GiB base) and a KV
     cache of 48 layers x 8 heads x (128 + 128) x 2 bytes = 192 KiB a token:
     12 GiB per request at n_ctx 65536 (the seed's 12 GB per request)."""
-    return write_gguf(tmp_path / "big.gguf", {
-        "general.architecture": "llama",
-        "llama.block_count": 48,
-        "llama.attention.head_count": 64,
-        "llama.attention.head_count_kv": 8,
-        "llama.embedding_length": 8192,
-        "llama.context_length": 131072,
-    }, size=7 * GiB)
+    return write_gguf(
+        tmp_path / "big.gguf",
+        {
+            "general.architecture": "llama",
+            "llama.block_count": 48,
+            "llama.attention.head_count": 64,
+            "llama.attention.head_count_kv": 8,
+            "llama.embedding_length": 8192,
+            "llama.context_length": 131072,
+        },
+        size=7 * GiB,
+    )
 
 
 def test_rule_arithmetic_matches_the_seed() -> None:
@@ -121,16 +125,19 @@ def test_engine_limits_what_memory_allows(tmp_path: Path) -> None:
     huge = FakeNvml(total=1024 * GiB, free=1024 * GiB)
     # The llama engine decodes one sequence at a time: more slots would only
     # queue inside the worker.
-    llama = resolve("auto", EngineSettings(engine="llama", model_path=str(model),
-                                           model_n_ctx=512), nvml=huge)
+    llama = resolve(
+        "auto", EngineSettings(engine="llama", model_path=str(model), model_n_ctx=512), nvml=huge
+    )
     assert llama.slots == 1 and "engine limit" in dict(llama.inputs)
-    batched = resolve("auto", EngineSettings(engine="batched", model_path=str(model),
-                                             model_n_ctx=512), nvml=huge)
+    batched = resolve(
+        "auto", EngineSettings(engine="batched", model_path=str(model), model_n_ctx=512), nvml=huge
+    )
     assert batched.slots == capacity.AUTO_MAX_SLOTS
 
 
-def test_cuda_visible_devices_picks_the_card(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cuda_visible_devices_picks_the_card(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = EngineSettings(model_path=str(big_model(tmp_path)), model_n_ctx=65536)
     nvml = FakeNvml(32 * GiB, 32 * GiB, uuid="GPU-abc")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-abc")
@@ -174,8 +181,14 @@ def test_reads_the_bundled_gguf_header() -> None:
 
 
 def test_capacity_command_prints_the_table() -> None:
-    out = subprocess.run([PYTHON, "-m", "streamworker", "capacity"], capture_output=True,
-                         text=True, cwd=ROOT, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [PYTHON, "-m", "streamworker", "capacity"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    ).stdout
     rows = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
     assert rows["slots"].strip().isdigit()
     assert "WORKER_CONCURRENCY" in rows and "rule" in rows

@@ -13,8 +13,13 @@ from tests.harness import ROOT, wait_for
 
 
 def cli(redis_url: str, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "streamworker", "--redis-url", redis_url, *args],
-                         capture_output=True, text=True, cwd=ROOT, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "streamworker", "--redis-url", redis_url, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -25,11 +30,12 @@ def test_poison_job_dead_letters_and_replays(start_gateway, start_worker, redis_
     gw = start_gateway(**env)
     client = client_for(gw, timeout=60)
     with pytest.raises(openai.InternalServerError) as info:
-        client.chat.completions.create(model="echo-test", max_tokens=4,
-                                       messages=[{"role": "user", "content": "ECHO_FAIL now"}])
+        client.chat.completions.create(
+            model="echo-test", max_tokens=4, messages=[{"role": "user", "content": "ECHO_FAIL now"}]
+        )
     assert info.value.body["code"] == "job_failed"
     assert "3 times" in info.value.body["message"]
-    (dead_id, fields), = r.xrange("sw:{echo-test}:dead")
+    ((dead_id, fields),) = r.xrange("sw:{echo-test}:dead")
     job_id = fields[b"job_id"].decode()
     assert fields[b"attempts"] == b"3"
     assert b"EngineError" in fields[b"last_error"]
@@ -43,8 +49,11 @@ def test_poison_job_dead_letters_and_replays(start_gateway, start_worker, redis_
     start_worker(name="fixed", ECHO_FAIL_MARKER="NO_SUCH_MARKER", **env)
     out = cli(redis_url, "dead", "replay", dead_id.decode())
     assert job_id in out
-    wait_for(lambda: r.hget(f"sw:{{echo-test}}:job:{job_id}", "status") == b"completed",
-             timeout=20, what="replayed job to complete")
+    wait_for(
+        lambda: r.hget(f"sw:{{echo-test}}:job:{job_id}", "status") == b"completed",
+        timeout=20,
+        what="replayed job to complete",
+    )
     assert r.xlen("sw:{echo-test}:dead") == 0
     assert r.hget(f"sw:{{echo-test}}:job:{job_id}", "text") == b"ECHO_FAIL now ECHO_FAIL now "
 

@@ -24,10 +24,16 @@ def model_stack(start_gateway, start_worker):
 def test_streaming_chunks_done_and_usage(model_stack):
     gateway, _ = model_stack
     client = client_for(gateway)
-    chunks = list(client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=16,
-        temperature=0, stream=True, stream_options={"include_usage": True},
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(deltas).strip(), "the model streamed no text"
@@ -35,10 +41,17 @@ def test_streaming_chunks_done_and_usage(model_stack):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     # The wire format: data: lines ending with [DONE].
-    with httpx.stream("POST", gateway.url + "/v1/chat/completions", timeout=60, json={
-        "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
-        "stream": True,
-    }) as resp:
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        timeout=60,
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4,
+            "stream": True,
+        },
+    ) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         lines = [ln for ln in resp.iter_lines() if ln.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
@@ -50,8 +63,7 @@ def test_non_streaming_matches_in_process_llama(model_stack):
     gateway, _ = model_stack
     client = client_for(gateway)
     prompt = [{"role": "user", "content": "Name three colors."}]
-    out = client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=24,
-                                         temperature=0)
+    out = client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=24, temperature=0)
     assert out.object == "chat.completion"
     assert out.usage.completion_tokens == 24 and out.usage.prompt_tokens > 0
     from llama_cpp import Llama
@@ -70,8 +82,11 @@ def test_concurrent_requests_all_complete(model_stack):
 
     def ask(i: int) -> str:
         stream = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": f"Count to {i}"}],
-            max_tokens=12, temperature=0, stream=True,
+            model=MODEL,
+            messages=[{"role": "user", "content": f"Count to {i}"}],
+            max_tokens=12,
+            temperature=0,
+            stream=True,
         )
         return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 

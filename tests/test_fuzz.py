@@ -17,32 +17,68 @@ from hypothesis import strategies as st
 from tests.conftest import ECHO
 
 KEY = "sk-fuzz-0d9c2b"
-JOB_CREATING = {("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
-                ("POST", "/v1/jobs")}
+JOB_CREATING = {("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/jobs")}
 PATHS = [
-    "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/jobs", "/health", "/ready",
-    "/metrics", "/openapi.json", "/v1/jobs/chatcmpl-0", "/v1/jobs/chatcmpl-0/events",
-    "/v1/jobs/%00", "/v1/jobs/..%2F..%2Fetc", "/v1", "/", "/v1/chat/completions/",
-    "/V1/CHAT/COMPLETIONS", "/v1/models/echo-test", "/%ff%fe",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/v1/jobs",
+    "/health",
+    "/ready",
+    "/metrics",
+    "/openapi.json",
+    "/v1/jobs/chatcmpl-0",
+    "/v1/jobs/chatcmpl-0/events",
+    "/v1/jobs/%00",
+    "/v1/jobs/..%2F..%2Fetc",
+    "/v1",
+    "/",
+    "/v1/chat/completions/",
+    "/V1/CHAT/COMPLETIONS",
+    "/v1/models/echo-test",
+    "/%ff%fe",
 ]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 # Half the examples go to a job-creating endpoint, where most of the parsing is.
-TARGET = st.one_of(st.sampled_from(sorted(JOB_CREATING)),
-                   st.tuples(st.sampled_from(METHODS), st.sampled_from(PATHS)))
+TARGET = st.one_of(
+    st.sampled_from(sorted(JOB_CREATING)),
+    st.tuples(st.sampled_from(METHODS), st.sampled_from(PATHS)),
+)
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False) | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                 max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=20,
 )
-CHAT = {"model": "echo-test", "messages": [{"role": "user", "content": "fuzz me"}],
-        "max_tokens": 2}
+CHAT = {"model": "echo-test", "messages": [{"role": "user", "content": "fuzz me"}], "max_tokens": 2}
 COMPLETION = {"model": "echo-test", "prompt": "fuzz me", "max_tokens": 2}
-FIELDS = ["model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-          "stop", "seed", "stream", "stream_options", "n", "tools", "logprobs", "timeout",
-          "prompt", "user", "response_format", "unknown_field", "__proto__"]
+FIELDS = [
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+    "n",
+    "tools",
+    "logprobs",
+    "timeout",
+    "prompt",
+    "user",
+    "response_format",
+    "unknown_field",
+    "__proto__",
+]
 
 
 @st.composite
@@ -56,8 +92,9 @@ def mutated(draw: st.DrawFn) -> bytes:
         if action == "drop":
             body.pop(field, None)
         elif action == "message":
-            msg = draw(st.dictionaries(st.sampled_from(["role", "content", "name", "x"]),
-                                       JSON, max_size=3))
+            msg = draw(
+                st.dictionaries(st.sampled_from(["role", "content", "name", "x"]), JSON, max_size=3)
+            )
             body["messages"] = [msg, *draw(st.lists(st.just(msg), max_size=2))]
         else:
             body[field] = draw(JSON)
@@ -67,41 +104,67 @@ def mutated(draw: st.DrawFn) -> bytes:
     return json.dumps(body).encode()
 
 
-HUGE = b'{"model": "echo-test", "messages": [{"role": "user", "content": "' + b"A" * (1 << 20) \
+HUGE = (
+    b'{"model": "echo-test", "messages": [{"role": "user", "content": "'
+    + b"A" * (1 << 20)
     + b'"}]}'
-HOSTILE = st.sampled_from([
-    b"", b"null", b"[]", b"{}", b"\xff\xfe\xfd", b'{"model": "echo-test", "messages": "\xc3\x28"}',
-    b'{"a":' * 5000 + b"1" + b"}" * 5000, b"[" * 200_000, b'{"model": 1e999}',
-    b'{"model": "echo-test", "messages": [{"role": "user", "content": "\\ud800"}]}',
-    b'{"model": "echo-test", "model": "other", "messages": []}',
-    b"\x00" * 64, b'{"messages": [' + b'{"role":"user","content":"x"},' * 300 + b"{}]}",
-    HUGE,
-])
+)
+HOSTILE = st.sampled_from(
+    [
+        b"",
+        b"null",
+        b"[]",
+        b"{}",
+        b"\xff\xfe\xfd",
+        b'{"model": "echo-test", "messages": "\xc3\x28"}',
+        b'{"a":' * 5000 + b"1" + b"}" * 5000,
+        b"[" * 200_000,
+        b'{"model": 1e999}',
+        b'{"model": "echo-test", "messages": [{"role": "user", "content": "\\ud800"}]}',
+        b'{"model": "echo-test", "model": "other", "messages": []}',
+        b"\x00" * 64,
+        b'{"messages": [' + b'{"role":"user","content":"x"},' * 300 + b"{}]}",
+        HUGE,
+    ]
+)
 # Valid requests with unknown extra fields (ignored by design, like OpenAI's
 # clients expect), streamed or not: these must run as jobs.
 VALID = st.tuples(
-    st.sampled_from([CHAT, COMPLETION]), st.booleans(),
+    st.sampled_from([CHAT, COMPLETION]),
+    st.booleans(),
     st.dictionaries(st.text(max_size=8).filter(lambda k: k not in FIELDS), JSON, max_size=2),
 ).map(lambda t: json.dumps({**t[2], **t[0], "stream": t[1]}).encode())
-BODY = st.one_of(mutated(), VALID, HOSTILE, st.binary(max_size=300),
-                 JSON.map(lambda v: json.dumps(v).encode()))
+BODY = st.one_of(
+    mutated(), VALID, HOSTILE, st.binary(max_size=300), JSON.map(lambda v: json.dumps(v).encode())
+)
 
 HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60).map(
-    str.strip)  # h11 refuses to send surrounding whitespace
+    str.strip
+)  # h11 refuses to send surrounding whitespace
 AUTH = st.one_of(
     st.just({"Authorization": f"Bearer {KEY}"}),  # mostly valid: reach past auth
     st.just({"Authorization": f"bearer  {KEY}"}),
-    st.sampled_from([{}, {"Authorization": "Bearer"}, {"Authorization": f"Basic {KEY}"},
-                     {"Authorization": f"Bearer {KEY}x"}]),
+    st.sampled_from(
+        [
+            {},
+            {"Authorization": "Bearer"},
+            {"Authorization": f"Basic {KEY}"},
+            {"Authorization": f"Bearer {KEY}x"},
+        ]
+    ),
     HEADER_TEXT.map(lambda t: {"Authorization": ("Bearer " + t).strip()}),
     HEADER_TEXT.map(lambda t: {"Authorization": t}),
 )
 HEADERS = st.fixed_dictionaries(
     {},
     optional={
-        "Content-Type": st.one_of(st.just("application/json"), st.just("text/plain"),
-                                  st.just("multipart/form-data; boundary=x"),
-                                  st.just("application/x-www-form-urlencoded"), HEADER_TEXT),
+        "Content-Type": st.one_of(
+            st.just("application/json"),
+            st.just("text/plain"),
+            st.just("multipart/form-data; boundary=x"),
+            st.just("application/x-www-form-urlencoded"),
+            HEADER_TEXT,
+        ),
         "X-Request-ID": HEADER_TEXT,
         "Idempotency-Key": HEADER_TEXT,
         "Accept": st.one_of(st.just("text/event-stream"), HEADER_TEXT),
@@ -132,8 +195,12 @@ def check_response(resp: httpx.Response, method: str, path: str) -> None:
 def fuzz_gateway(start_worker, start_gateway):
     start_worker(**ECHO)
     # Keys on, with generous limits so the rate-limit path runs on every job.
-    return start_gateway(OPENAI_API_KEY_REQUIRED="true", OPENAI_API_KEY=KEY,
-                         RATE_LIMIT_RPM="1000000", RATE_LIMIT_TPM="100000000")
+    return start_gateway(
+        OPENAI_API_KEY_REQUIRED="true",
+        OPENAI_API_KEY=KEY,
+        RATE_LIMIT_RPM="1000000",
+        RATE_LIMIT_TPM="100000000",
+    )
 
 
 def test_fuzz_every_endpoint(fuzz_gateway, r):
@@ -141,15 +208,25 @@ def test_fuzz_every_endpoint(fuzz_gateway, r):
     seen_statuses: set[int] = set()
     with httpx.Client(base_url=fuzz_gateway.url, timeout=30) as client:
 
-        @settings(max_examples=2500, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=2500, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         @given(target=TARGET, body=BODY, auth=AUTH, headers=HEADERS)
-        @example(target=("POST", "/v1/chat/completions"), body=HUGE,
-                 auth={"Authorization": f"Bearer {KEY}"}, headers={})
-        @example(target=("POST", "/v1/completions"), body=json.dumps(COMPLETION).encode(),
-                 auth={"Authorization": f"Bearer {KEY}"}, headers={"Content-Encoding": "br"})
-        def one(target: tuple[str, str], body: bytes, auth: dict[str, str],
-                headers: dict[str, str]) -> None:
+        @example(
+            target=("POST", "/v1/chat/completions"),
+            body=HUGE,
+            auth={"Authorization": f"Bearer {KEY}"},
+            headers={},
+        )
+        @example(
+            target=("POST", "/v1/completions"),
+            body=json.dumps(COMPLETION).encode(),
+            auth={"Authorization": f"Bearer {KEY}"},
+            headers={"Content-Encoding": "br"},
+        )
+        def one(
+            target: tuple[str, str], body: bytes, auth: dict[str, str], headers: dict[str, str]
+        ) -> None:
             nonlocal accepted
             method, path = target
             headers = {**headers, **auth}
@@ -173,7 +250,11 @@ def test_fuzz_every_endpoint(fuzz_gateway, r):
     assert httpx.get(fuzz_gateway.url + "/health", timeout=5).status_code == 200
     ready = httpx.get(fuzz_gateway.url + "/ready", timeout=5)
     assert ready.status_code == 200, ready.text
-    good = httpx.post(fuzz_gateway.url + "/v1/chat/completions", json=CHAT, timeout=10,
-                      headers={"Authorization": f"Bearer {KEY}"})
+    good = httpx.post(
+        fuzz_gateway.url + "/v1/chat/completions",
+        json=CHAT,
+        timeout=10,
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
     assert good.status_code == 200 and good.json()["choices"][0]["message"]["content"]
     assert "unhandled error" not in fuzz_gateway.output()

@@ -39,8 +39,9 @@ def test_ready_follows_redis_and_workers(tmp_path: Path, services: list) -> None
         assert ready(gateway)[1]["reason"] == "no live worker"
 
         port = free_port()
-        worker = Worker(server.url, tmp_path / "w1.log", "w1", WORKER_METRICS_PORT=str(port),
-                        **ECHO)
+        worker = Worker(
+            server.url, tmp_path / "w1.log", "w1", WORKER_METRICS_PORT=str(port), **ECHO
+        )
         services.append(worker)
         worker.start(redis=server)
         wait_for(lambda: ready(gateway)[0] == 200, what="ready with a worker")
@@ -50,13 +51,15 @@ def test_ready_follows_redis_and_workers(tmp_path: Path, services: list) -> None
         # The last worker dies: not ready (liveness stays green).
         worker.signal(signal.SIGKILL)
         worker.wait(10)
-        wait_for(lambda: ready(gateway) == (503, {"status": "unavailable",
-                                                  "reason": "no live worker"}),
-                 what="503 after the last worker died")
+        wait_for(
+            lambda: ready(gateway) == (503, {"status": "unavailable", "reason": "no live worker"}),
+            what="503 after the last worker died",
+        )
         assert httpx.get(gateway.url + "/health", timeout=5).status_code == 200
 
-        worker2 = Worker(server.url, tmp_path / "w2.log", "w2", WORKER_METRICS_PORT=str(port),
-                         **ECHO)
+        worker2 = Worker(
+            server.url, tmp_path / "w2.log", "w2", WORKER_METRICS_PORT=str(port), **ECHO
+        )
         services.append(worker2)
         worker2.start(redis=server)
         wait_for(lambda: ready(gateway)[0] == 200, what="ready again")
@@ -92,8 +95,7 @@ def test_a_dead_engine_stops_heartbeating(redis_url: str) -> None:
     async def main() -> None:
         r = Redis.from_url(redis_url)
         engine = DyingEngine()
-        worker = types.SimpleNamespace(consumer="wd", model="m", slots=1, active={},
-                                       engine=engine)
+        worker = types.SimpleNamespace(consumer="wd", model="m", slots=1, active={}, engine=engine)
         registry = Registry(r, interval=0.05)
         beats = asyncio.create_task(registry.heartbeat_loop(worker))  # type: ignore[arg-type]
         async with asyncio.timeout(10):

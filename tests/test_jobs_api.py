@@ -10,8 +10,11 @@ import httpx
 from tests.conftest import ECHO, client_for
 from tests.harness import wait_for
 
-BODY = {"model": "echo-test", "messages": [{"role": "user", "content": "red green blue"}],
-        "max_tokens": 30}
+BODY = {
+    "model": "echo-test",
+    "messages": [{"role": "user", "content": "red green blue"}],
+    "max_tokens": 30,
+}
 
 
 def sse_events(resp: httpx.Response, limit: int | None = None) -> list[dict]:
@@ -44,8 +47,12 @@ def test_create_get_and_events(start_gateway, start_worker):
         first = [e for e in sse_events(resp, limit=6) if e.get("event") == "token"]
     assert first
     last_id = first[-1]["id"]
-    with httpx.stream("GET", f"{gw.url}/v1/jobs/{job['id']}/events", timeout=30,
-                      headers={"Last-Event-ID": last_id}) as resp:
+    with httpx.stream(
+        "GET",
+        f"{gw.url}/v1/jobs/{job['id']}/events",
+        timeout=30,
+        headers={"Last-Event-ID": last_id},
+    ) as resp:
         rest = sse_events(resp)
     tokens = first + [e for e in rest if e.get("event") == "token"]
     seqs = [json.loads(e["data"])["seq"] for e in tokens]
@@ -62,8 +69,9 @@ def test_create_get_and_events(start_gateway, start_worker):
     # A finished job's events replay in full, then end.
     with httpx.stream("GET", f"{gw.url}/v1/jobs/{job['id']}/events", timeout=10) as resp:
         replay = sse_events(resp)
-    assert "".join(json.loads(e["data"])["text"] for e in replay if e.get("event") == "token") \
-        == text
+    assert (
+        "".join(json.loads(e["data"])["text"] for e in replay if e.get("event") == "token") == text
+    )
 
 
 def test_unknown_job_is_404(echo_stack):
@@ -84,11 +92,17 @@ def test_idempotency_key_returns_the_same_job(echo_stack, r):
     # Through chat completions too: the retried request relays the first job.
     client = client_for(gw)
     first = client.chat.completions.with_raw_response.create(
-        model="echo-test", messages=[{"role": "user", "content": "once"}], max_tokens=3,
-        extra_headers={"Idempotency-Key": "chat-7"})
+        model="echo-test",
+        messages=[{"role": "user", "content": "once"}],
+        max_tokens=3,
+        extra_headers={"Idempotency-Key": "chat-7"},
+    )
     again = client.chat.completions.with_raw_response.create(
-        model="echo-test", messages=[{"role": "user", "content": "once"}], max_tokens=3,
-        extra_headers={"Idempotency-Key": "chat-7"})
+        model="echo-test",
+        messages=[{"role": "user", "content": "once"}],
+        max_tokens=3,
+        extra_headers={"Idempotency-Key": "chat-7"},
+    )
     assert first.headers["x-job-id"] == again.headers["x-job-id"]
     assert again.parse().choices[0].message.content == "once once once "
     assert len(r.keys("sw:{echo-test}:job:*")) == 2
@@ -98,13 +112,20 @@ def test_delete_cancels_running_job(start_gateway, start_worker):
     start_worker(ECHO_TOKEN_INTERVAL_MS="50", **ECHO)
     gw = start_gateway()
     job = httpx.post(gw.url + "/v1/jobs", json={**BODY, "max_tokens": 500}, timeout=10).json()
-    wait_for(lambda: httpx.get(f"{gw.url}/v1/jobs/{job['id']}").json()["status"] == "running",
-             timeout=10, what="running")
+    wait_for(
+        lambda: httpx.get(f"{gw.url}/v1/jobs/{job['id']}").json()["status"] == "running",
+        timeout=10,
+        what="running",
+    )
     out = httpx.delete(f"{gw.url}/v1/jobs/{job['id']}", timeout=10).json()
     assert out["cancel"] == "cancelling"
     final = wait_for(
-        lambda: (j := httpx.get(f"{gw.url}/v1/jobs/{job['id']}").json())["status"] == "cancelled"
-        and j, timeout=10, what="cancelled")
+        lambda: (
+            (j := httpx.get(f"{gw.url}/v1/jobs/{job['id']}").json())["status"] == "cancelled" and j
+        ),
+        timeout=10,
+        what="cancelled",
+    )
     assert final["result"] is None
 
 
@@ -112,8 +133,11 @@ def test_finished_records_expire(start_gateway, start_worker, r):
     start_worker(JOB_RESULT_TTL_SECONDS="1", **ECHO)
     gw = start_gateway()
     job = httpx.post(gw.url + "/v1/jobs", json=BODY, timeout=10).json()
-    wait_for(lambda: httpx.get(f"{gw.url}/v1/jobs/{job['id']}").json()["status"] == "completed",
-             timeout=10, what="completed")
+    wait_for(
+        lambda: httpx.get(f"{gw.url}/v1/jobs/{job['id']}").json()["status"] == "completed",
+        timeout=10,
+        what="completed",
+    )
     key = f"sw:{{echo-test}}:job:{job['id']}"
     assert 0 < r.pttl(key) <= 1000
     assert 0 < r.pttl(f"sw:{{echo-test}}:log:{job['id']}") <= 1000

@@ -15,8 +15,9 @@ def test_group_consumers_and_empty_pending(echo_stack, r):
     gateway, worker = echo_stack
     client = client_for(gateway)
     for _ in range(3):
-        client.chat.completions.create(model="echo-test", max_tokens=3,
-                                       messages=[{"role": "user", "content": "x y"}])
+        client.chat.completions.create(
+            model="echo-test", max_tokens=3, messages=[{"role": "user", "content": "x y"}]
+        )
     groups = r.xinfo_groups(STREAM)
     assert [g["name"] for g in groups] == [b"workers"]
     consumers = r.xinfo_consumers(STREAM, "workers")
@@ -35,16 +36,20 @@ def test_entries_are_readable(start_gateway, start_worker, r):
     results: list[str] = []
 
     def ask(text: str) -> None:
-        out = client.chat.completions.create(model="echo-test", max_tokens=20,
-                                             messages=[{"role": "user", "content": text}])
+        out = client.chat.completions.create(
+            model="echo-test", max_tokens=20, messages=[{"role": "user", "content": text}]
+        )
         results.append(out.choices[0].message.content)
 
     threads = [threading.Thread(target=ask, args=(t,)) for t in ("first", "second")]
     for t in threads:
         t.start()
     # While the first job runs, the second waits in the stream, readable.
-    entries = wait_for(lambda: [e for e in r.xrange(STREAM) if b"second" in e[1][b"payload"]],
-                       timeout=10, what="the queued entry")
+    entries = wait_for(
+        lambda: [e for e in r.xrange(STREAM) if b"second" in e[1][b"payload"]],
+        timeout=10,
+        what="the queued entry",
+    )
     fields = entries[0][1]
     assert fields[b"job_id"].startswith(b"chatcmpl-")
     assert fields[b"model"] == b"echo-test"

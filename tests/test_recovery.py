@@ -30,8 +30,11 @@ def expected_echo(words: str, n: int) -> str:
 
 def stream_text(client, content: str, max_tokens: int, **kw) -> str:
     stream = client.chat.completions.create(
-        model=kw.pop("model", "echo-test"), messages=[{"role": "user", "content": content}],
-        max_tokens=max_tokens, stream=True, **kw,
+        model=kw.pop("model", "echo-test"),
+        messages=[{"role": "user", "content": content}],
+        max_tokens=max_tokens,
+        stream=True,
+        **kw,
     )
     return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
@@ -46,8 +49,13 @@ def test_kill9_workers_mid_stream_many_times(start_gateway, start_worker, r):
     reclaims them after the lease): every client gets the exact text."""
     # Every kill of a running job counts as a failure; this test is about
     # recovery, not the dead-letter cap, so the cap is out of reach.
-    env = {**ECHO, **FAST_LEASE, "ECHO_TOKEN_INTERVAL_MS": "15", "WORKER_CONCURRENCY": "3",
-           "JOB_MAX_ATTEMPTS": "100"}
+    env = {
+        **ECHO,
+        **FAST_LEASE,
+        "ECHO_TOKEN_INTERVAL_MS": "15",
+        "WORKER_CONCURRENCY": "3",
+        "JOB_MAX_ATTEMPTS": "100",
+    }
     workers = {name: start_worker(name=name, **env) for name in ("wa", "wb")}
     gateway = start_gateway(**FAST_LEASE)
     client = client_for(gateway, timeout=120)
@@ -81,8 +89,9 @@ def test_kill9_workers_mid_stream_many_times(start_gateway, start_worker, r):
     assert kills >= 3, "the test should have killed workers mid-stream"
     for i, prompt in enumerate(prompts):
         assert results.get(i) == expected_echo(prompt, 160), f"stream {i} differs"
-    wait_for(lambda: r.xpending(STREAM, "workers")["pending"] == 0, timeout=10,
-             what="empty pending list")
+    wait_for(
+        lambda: r.xpending(STREAM, "workers")["pending"] == 0, timeout=10, what="empty pending list"
+    )
     reclaimed = [k for k in r.keys("sw:{echo-test}:job:*") if int(r.hget(k, "attempt")) > 1]
     assert reclaimed, "some jobs should have been re-run after a kill"
     for key in r.keys("sw:{echo-test}:job:*"):
@@ -99,8 +108,11 @@ def test_kill9_real_model_continues_identically(start_gateway, start_worker, r):
     prompt = "Write a long story about a lighthouse keeper."
     reference = stream_text(client, prompt, 96, model="gemma-3-270m", temperature=0)
     stream = client.chat.completions.create(
-        model="gemma-3-270m", messages=[{"role": "user", "content": prompt}],
-        max_tokens=96, temperature=0, stream=True,
+        model="gemma-3-270m",
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=96,
+        temperature=0,
+        stream=True,
     )
     parts: list[str] = []
     killed = None
@@ -108,8 +120,10 @@ def test_kill9_real_model_continues_identically(start_gateway, start_worker, r):
         if chunk.choices and chunk.choices[0].delta.content:
             parts.append(chunk.choices[0].delta.content)
         if killed is None and len(parts) >= 10:
-            owners = {p["consumer"].decode()
-                      for p in r.xpending_range("sw:{gemma-3-270m}:jobs", "workers", "-", "+", 10)}
+            owners = {
+                p["consumer"].decode()
+                for p in r.xpending_range("sw:{gemma-3-270m}:jobs", "workers", "-", "+", 10)
+            }
             if owners:
                 killed = owners.pop()
                 workers[killed].kill()

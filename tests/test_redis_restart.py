@@ -14,8 +14,12 @@ from tests.test_recovery import expected_echo, stream_text
 
 
 def test_redis_sigkill_and_restart(redis_server, start_gateway, start_worker, r):
-    env = {**ECHO, "ECHO_TOKEN_INTERVAL_MS": "20", "WORKER_CONCURRENCY": "2",
-           "JOB_LEASE_SECONDS": "2"}
+    env = {
+        **ECHO,
+        "ECHO_TOKEN_INTERVAL_MS": "20",
+        "WORKER_CONCURRENCY": "2",
+        "JOB_LEASE_SECONDS": "2",
+    }
     worker = start_worker(name="survivor", **env)
     gw = start_gateway(JOB_LEASE_SECONDS="2", SSE_KEEPALIVE_SECONDS="0.5")
     client = client_for(gw, timeout=120)
@@ -24,9 +28,15 @@ def test_redis_sigkill_and_restart(redis_server, start_gateway, start_worker, r)
     t.start()
     ids = []
     for i in range(5):
-        resp = httpx.post(gw.url + "/v1/jobs", timeout=10, json={
-            "model": "echo-test", "max_tokens": 60,
-            "messages": [{"role": "user", "content": f"job{i} word"}]})
+        resp = httpx.post(
+            gw.url + "/v1/jobs",
+            timeout=10,
+            json={
+                "model": "echo-test",
+                "max_tokens": 60,
+                "messages": [{"role": "user", "content": f"job{i} word"}],
+            },
+        )
         assert resp.status_code == 202
         ids.append(resp.json()["id"])
     time.sleep(1.5)  # accepted well over a second before the crash
@@ -38,12 +48,21 @@ def test_redis_sigkill_and_restart(redis_server, start_gateway, start_worker, r)
     assert streamed == [expected_echo("live wire", 200)]
     for i, job_id in enumerate(ids):
         job = wait_for(
-            lambda jid=job_id: (j := httpx.get(f"{gw.url}/v1/jobs/{jid}", timeout=5).json())
-            .get("status") == "completed" and j, timeout=60, what=f"job {i}")
+            lambda jid=job_id: (
+                (j := httpx.get(f"{gw.url}/v1/jobs/{jid}", timeout=5).json()).get("status")
+                == "completed"
+                and j
+            ),
+            timeout=60,
+            what=f"job {i}",
+        )
         assert job["result"]["text"] == expected_echo(f"job{i} word", 60)
     assert worker.alive() and gw.alive(), "no restart of gateway or worker was needed"
-    wait_for(lambda: httpx.get(gw.url + "/ready", timeout=5).status_code == 200, timeout=20,
-             what="ready again")
+    wait_for(
+        lambda: httpx.get(gw.url + "/ready", timeout=5).status_code == 200,
+        timeout=20,
+        what="ready again",
+    )
     assert r.xpending("sw:{echo-test}:jobs", "workers")["pending"] == 0
 
 

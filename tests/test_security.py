@@ -55,8 +55,11 @@ def job_records(r: redis_sync.Redis) -> list[bytes]:
 
 def test_api_key_required(start_worker, start_gateway, tmp_path, r):
     start_worker(**ECHO)
-    path = keys_file(tmp_path, {"name": "alice", "sha256": sha("sk-alice")},
-                     {"name": "bob", "sha256": sha("sk-bob").upper()})
+    path = keys_file(
+        tmp_path,
+        {"name": "alice", "sha256": sha("sk-alice")},
+        {"name": "bob", "sha256": sha("sk-bob").upper()},
+    )
     gw = start_gateway(OPENAI_API_KEY_REQUIRED="true", OPENAI_API_KEY=KEY, API_KEYS_FILE=path)
 
     for bad in ("wrong-key", KEY + "x", "SK-ALICE"):
@@ -82,8 +85,9 @@ def test_api_key_required(start_worker, start_gateway, tmp_path, r):
 
 def test_ops_endpoints_can_require_a_key(start_worker, start_gateway):
     start_worker(**ECHO)
-    gw = start_gateway(OPENAI_API_KEY_REQUIRED="true", OPENAI_API_KEY=KEY,
-                       OPS_ENDPOINTS_REQUIRE_KEY="true")
+    gw = start_gateway(
+        OPENAI_API_KEY_REQUIRED="true", OPENAI_API_KEY=KEY, OPS_ENDPOINTS_REQUIRE_KEY="true"
+    )
     assert httpx.get(gw.url + "/health", timeout=5).status_code == 200
     auth = {"Authorization": f"Bearer {KEY}"}
     for path_ in ("/ready", "/metrics"):
@@ -114,14 +118,24 @@ def test_refuses_to_start_without_keys(redis_url, tmp_path):
 
 
 def test_hash_key_cli():
-    out = subprocess.run([PYTHON, "-m", "gateway", "hash-key", "--name", "alice"],
-                         input="sk-secret\n", capture_output=True, text=True, cwd=ROOT,
-                         check=True)
+    out = subprocess.run(
+        [PYTHON, "-m", "gateway", "hash-key", "--name", "alice"],
+        input="sk-secret\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     assert f'sha256 = "{sha("sk-secret")}"' in out.stdout
     assert 'name = "alice"' in out.stdout
     assert "sk-secret" not in out.stdout + out.stderr
-    gen = subprocess.run([PYTHON, "-m", "gateway", "hash-key", "--generate"],
-                         capture_output=True, text=True, cwd=ROOT, check=True)
+    gen = subprocess.run(
+        [PYTHON, "-m", "gateway", "hash-key", "--generate"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     key = gen.stderr.rsplit(" ", 1)[1].strip()
     assert key.startswith("sk-") and f'sha256 = "{sha(key)}"' in gen.stdout
 
@@ -132,10 +146,12 @@ def test_hash_key_cli():
 def test_rate_limit_tokens_retry_after_honoured(start_worker, start_gateway, tmp_path, r):
     start_worker(**ECHO)
     # 6000 tokens/minute refill at 100/s; each request reserves 1000 + prompt.
-    path = keys_file(tmp_path, {"name": "tok", "sha256": sha("sk-tok"), "tpm": 6000},
-                     {"name": "free", "sha256": sha("sk-free"), "tpm": 0, "rpm": 0})
-    gw = start_gateway(OPENAI_API_KEY_REQUIRED="true", API_KEYS_FILE=path,
-                       RATE_LIMIT_TPM="1000000")
+    path = keys_file(
+        tmp_path,
+        {"name": "tok", "sha256": sha("sk-tok"), "tpm": 6000},
+        {"name": "free", "sha256": sha("sk-free"), "tpm": 0, "rpm": 0},
+    )
+    gw = start_gateway(OPENAI_API_KEY_REQUIRED="true", API_KEYS_FILE=path, RATE_LIMIT_TPM="1000000")
     client = client_for(gw, api_key="sk-tok")
     accepted = 0
     with pytest.raises(openai.RateLimitError) as info:
@@ -176,8 +192,12 @@ def test_rate_limit_tokens_retry_after_honoured(start_worker, start_gateway, tmp
 def test_rate_limit_requests_shared_across_gateways(start_worker, start_gateway, tmp_path):
     start_worker(**ECHO)
     path = keys_file(tmp_path, {"name": "two", "sha256": sha("sk-two"), "rpm": 2})
-    env = {"OPENAI_API_KEY_REQUIRED": "true", "API_KEYS_FILE": path, "OPENAI_API_KEY": KEY,
-           "RATE_LIMIT_RPM": "1000"}
+    env = {
+        "OPENAI_API_KEY_REQUIRED": "true",
+        "API_KEYS_FILE": path,
+        "OPENAI_API_KEY": KEY,
+        "RATE_LIMIT_RPM": "1000",
+    }
     gw1, gw2 = start_gateway(**env), start_gateway(**env)
     a, b = client_for(gw1, api_key="sk-two"), client_for(gw2, api_key="sk-two")
     first = a.chat.completions.with_raw_response.create(**CHAT, max_tokens=1)
@@ -191,12 +211,17 @@ def test_rate_limit_requests_shared_across_gateways(start_worker, start_gateway,
     assert 1 <= int(headers["retry-after"]) <= 30  # one request refills in 30 s at 2/min
     # The default key gets the settings' default limit, its own budget.
     raw = client_for(gw2, api_key=KEY).chat.completions.with_raw_response.create(
-        **CHAT, max_tokens=1)
+        **CHAT, max_tokens=1
+    )
     assert raw.headers["x-ratelimit-limit-requests"] == "1000"
     # Streamed responses carry them too (added before the headers go out).
-    with httpx.stream("POST", gw1.url + "/v1/chat/completions", timeout=10,
-                      json={**CHAT, "max_tokens": 2, "stream": True},
-                      headers={"Authorization": f"Bearer {KEY}"}) as resp:
+    with httpx.stream(
+        "POST",
+        gw1.url + "/v1/chat/completions",
+        timeout=10,
+        json={**CHAT, "max_tokens": 2, "stream": True},
+        headers={"Authorization": f"Bearer {KEY}"},
+    ) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         assert int(resp.headers["x-ratelimit-remaining-requests"]) < 1000
         resp.read()
@@ -210,10 +235,15 @@ def test_production_mode(start_worker, start_gateway):
     dev = start_gateway(OPENAI_API_KEY_REQUIRED="true", OPENAI_API_KEY=KEY)
     doc = httpx.get(dev.url + "/openapi.json", timeout=5).json()
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(doc["paths"])
-    prod = start_gateway(ENVIRONMENT="production", OPENAI_API_KEY=KEY, LOG_LEVEL="DEBUG",
-                         OPENAI_API_KEY_REQUIRED="false")
-    resp = httpx.get(prod.url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"},
-                     timeout=5)
+    prod = start_gateway(
+        ENVIRONMENT="production",
+        OPENAI_API_KEY=KEY,
+        LOG_LEVEL="DEBUG",
+        OPENAI_API_KEY_REQUIRED="false",
+    )
+    resp = httpx.get(
+        prod.url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"}, timeout=5
+    )
     assert_openai_error(resp, 404)  # the API document is not served in production
     # Production enforces keys even with OPENAI_API_KEY_REQUIRED=false.
     with pytest.raises(openai.AuthenticationError):
@@ -231,19 +261,27 @@ def test_cors_off_unless_configured(start_worker, start_gateway):
     off = start_gateway()
     resp = httpx.options(off.url + "/v1/chat/completions", headers=preflight, timeout=5)
     assert_openai_error(resp, 405)
-    resp = httpx.post(off.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 1},
-                      headers=origin, timeout=10)
+    resp = httpx.post(
+        off.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 1}, headers=origin, timeout=10
+    )
     assert resp.status_code == 200
     assert not [h for h in resp.headers if h.lower().startswith("access-control")]
 
-    on = start_gateway(CORS_ALLOW_ORIGINS="https://app.example.com",
-                       OPENAI_API_KEY_REQUIRED="true", OPENAI_API_KEY=KEY)
+    on = start_gateway(
+        CORS_ALLOW_ORIGINS="https://app.example.com",
+        OPENAI_API_KEY_REQUIRED="true",
+        OPENAI_API_KEY=KEY,
+    )
     resp = httpx.options(on.url + "/v1/chat/completions", headers=preflight, timeout=5)
     assert resp.status_code == 204  # preflight needs no key
     assert resp.headers["access-control-allow-origin"] == "https://app.example.com"
     assert "Authorization" in resp.headers["access-control-allow-headers"]
-    resp = httpx.post(on.url + "/v1/chat/completions", json={**CHAT, "max_tokens": 1},
-                      headers={**origin, "Authorization": f"Bearer {KEY}"}, timeout=10)
+    resp = httpx.post(
+        on.url + "/v1/chat/completions",
+        json={**CHAT, "max_tokens": 1},
+        headers={**origin, "Authorization": f"Bearer {KEY}"},
+        timeout=10,
+    )
     assert resp.headers["access-control-allow-origin"] == "https://app.example.com"
     other = httpx.get(on.url + "/health", headers={"Origin": "https://evil.example"}, timeout=5)
     assert "access-control-allow-origin" not in other.headers
@@ -253,16 +291,22 @@ def test_request_id_on_every_response(echo_stack):
     gateway, _ = echo_stack
     url = gateway.url + "/v1/chat/completions"
     given = {"X-Request-ID": "client-req-42"}
-    assert httpx.post(url, json={**CHAT, "max_tokens": 1}, headers=given,
-                      timeout=10).headers["x-request-id"] == "client-req-42"
-    with httpx.stream("POST", url, json={**CHAT, "max_tokens": 2, "stream": True},
-                      headers=given, timeout=10) as resp:
+    assert (
+        httpx.post(url, json={**CHAT, "max_tokens": 1}, headers=given, timeout=10).headers[
+            "x-request-id"
+        ]
+        == "client-req-42"
+    )
+    with httpx.stream(
+        "POST", url, json={**CHAT, "max_tokens": 2, "stream": True}, headers=given, timeout=10
+    ) as resp:
         assert resp.headers["x-request-id"] == "client-req-42"
         resp.read()
-    for resp in (httpx.get(gateway.url + "/nope", timeout=5),
-                 httpx.post(url, content=b"{", timeout=5),
-                 httpx.get(gateway.url + "/health", headers={"X-Request-ID": "bad id\t<x>"},
-                           timeout=5)):
+    for resp in (
+        httpx.get(gateway.url + "/nope", timeout=5),
+        httpx.post(url, content=b"{", timeout=5),
+        httpx.get(gateway.url + "/health", headers={"X-Request-ID": "bad id\t<x>"}, timeout=5),
+    ):
         rid = resp.headers["x-request-id"]
         assert len(rid) == 32 and int(rid, 16) >= 0  # generated: malformed ids are replaced
 
@@ -280,7 +324,8 @@ def test_logs_hold_ids_never_keys_or_prompts(start_worker, start_gateway):
     gw = start_gateway(OPENAI_API_KEY_REQUIRED="true", OPENAI_API_KEY=KEY)
     client = client_for(gw, api_key=KEY, default_headers={"X-Request-ID": "trace-me-1"})
     raw = client.chat.completions.with_raw_response.create(
-        model="echo-test", messages=[{"role": "user", "content": secret_prompt}], max_tokens=3)
+        model="echo-test", messages=[{"role": "user", "content": secret_prompt}], max_tokens=3
+    )
     job_id = raw.parse().id
     with pytest.raises(openai.AuthenticationError):
         client_for(gw, api_key="sk-wrong-" + KEY).models.list()
@@ -293,8 +338,7 @@ def test_logs_hold_ids_never_keys_or_prompts(start_worker, start_gateway):
     assert secret_prompt not in logs
     assert "7731" not in logs
     gw_lines = [x for x in _json_lines(gw.output()) if x.get("request_id") == "trace-me-1"]
-    assert gw_lines and all(x.get("job_id") == job_id for x in gw_lines if "POST" in
-                            x["message"])
+    assert gw_lines and all(x.get("job_id") == job_id for x in gw_lines if "POST" in x["message"])
     w_lines = [x for x in _json_lines(worker.output()) if x.get("job_id") == job_id]
     assert w_lines and all(x.get("request_id") == "trace-me-1" for x in w_lines)
     for line in _json_lines(logs):
@@ -305,8 +349,10 @@ def test_prompt_logged_only_with_opt_in(start_worker, start_gateway):
     start_worker(**ECHO)
     gw = start_gateway(LOG_LEVEL="DEBUG", LOG_PROMPTS="true")
     client_for(gw).chat.completions.create(
-        model="echo-test", messages=[{"role": "user", "content": "opt-in-prompt-text"}],
-        max_tokens=1)
+        model="echo-test",
+        messages=[{"role": "user", "content": "opt-in-prompt-text"}],
+        max_tokens=1,
+    )
     gw.stop()
     assert "opt-in-prompt-text" in gw.output()  # the capture above would see a leak
 
@@ -317,22 +363,26 @@ def test_prompt_logged_only_with_opt_in(start_worker, start_gateway):
 def test_context_length_checked_before_enqueue(start_worker, start_gateway, r):
     # The real model (bundled gemma-3-270m) with a small context: the gateway
     # loads its vocabulary and counts the prompt exactly.
-    start_worker(name="llama", ENGINE="llama", MODEL_NAME="gemma", MODEL_N_CTX="256",
-                 MODEL_N_GPU_LAYERS="0")
+    start_worker(
+        name="llama", ENGINE="llama", MODEL_NAME="gemma", MODEL_N_CTX="256", MODEL_N_GPU_LAYERS="0"
+    )
     gw = start_gateway()
     client = client_for(gw)
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model="gemma", messages=[{"role": "user", "content": "word " * 300}], max_tokens=8)
+            model="gemma", messages=[{"role": "user", "content": "word " * 300}], max_tokens=8
+        )
     assert info.value.code == "context_length_exceeded"
     assert "256" in info.value.message
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model="gemma", messages=[{"role": "user", "content": "word " * 100}], max_tokens=200)
+            model="gemma", messages=[{"role": "user", "content": "word " * 100}], max_tokens=200
+        )
     assert info.value.code == "context_length_exceeded"
     assert not job_records(r)
     out = client.chat.completions.create(
-        model="gemma", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4)
+        model="gemma", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4
+    )
     assert out.usage.prompt_tokens < 256
 
 
@@ -340,9 +390,22 @@ def test_context_length_checked_before_enqueue(start_worker, start_gateway, r):
 
 
 def _redis(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["redis-server", "--save", "", "--appendonly", "no",
-                             "--bind", "127.0.0.1", "--dir", str(tmp_path), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp_path),
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     return proc
 
 
@@ -353,8 +416,11 @@ def _stack_works(redis_url: str, tmp_path: Path, services: list) -> None:
     gw = Gateway(redis_url, tmp_path / "g.log")
     services.append(gw)
     gw.start()
-    wait_for(lambda: httpx.get(gw.url + "/ready", timeout=2).status_code == 200, timeout=30,
-             what="ready through the secured redis")
+    wait_for(
+        lambda: httpx.get(gw.url + "/ready", timeout=2).status_code == 200,
+        timeout=30,
+        what="ready through the secured redis",
+    )
     out = client_for(gw).chat.completions.create(**CHAT, max_tokens=2)
     assert out.choices[0].message.content == "hello there "
     password = redis_url.split(":")[2].split("@")[0]
@@ -383,30 +449,87 @@ def test_redis_password(tmp_path, services):
 
 
 def test_redis_tls(tmp_path, services):
-    ca_key, ca, key, csr, cert = (tmp_path / n for n in
-                                  ("ca.key", "ca.pem", "r.key", "r.csr", "r.pem"))
+    ca_key, ca, key, csr, cert = (
+        tmp_path / n for n in ("ca.key", "ca.pem", "r.key", "r.csr", "r.pem")
+    )
     ext = tmp_path / "san.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for cmd in (
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key,
-         "-out", ca, "-days", "1", "-subj", "/CN=test-ca"],
-        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
-         "-subj", "/CN=127.0.0.1"],
-        ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
-         "-CAcreateserial", "-out", cert, "-days", "1", "-extfile", ext],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            ca_key,
+            "-out",
+            ca,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+        ],
+        [
+            "openssl",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            csr,
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-extfile",
+            ext,
+        ],
     ):
         subprocess.run([str(c) for c in cmd], check=True, capture_output=True)
     port = free_port()
-    proc = _redis(tmp_path, "--port", "0", "--tls-port", str(port), "--tls-cert-file",
-                  str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-                  "--tls-auth-clients", "no", "--requirepass", "tls-pw")
+    proc = _redis(
+        tmp_path,
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(ca),
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "tls-pw",
+    )
     try:
         url = f"rediss://:tls-pw@127.0.0.1:{port}/0?ssl_ca_certs={ca}"
         wait_for(lambda: redis_sync.Redis.from_url(url).ping(), timeout=10, what="redis tls")
         # Plain TCP to the TLS port does not work: the URL scheme really matters.
         with pytest.raises(redis_sync.RedisError):
-            redis_sync.Redis.from_url(f"redis://:tls-pw@127.0.0.1:{port}/0",
-                                      socket_timeout=2).ping()
+            redis_sync.Redis.from_url(
+                f"redis://:tls-pw@127.0.0.1:{port}/0", socket_timeout=2
+            ).ping()
         _stack_works(url, tmp_path, services)
     finally:
         for svc in reversed(services):
@@ -423,9 +546,11 @@ def test_openapi_document_covers_every_route():
     from streamworker.settings import QueueSettings, RedisSettings
 
     app = create_app(GatewaySettings(), RedisSettings(), QueueSettings())
-    routes = {(r.method.lower(), r.resource.canonical) for r in app.router.routes()
-              if r.method != "HEAD" and r.resource is not None}
-    documented = {(m, p) for p, ops in DOCUMENT["paths"].items() for m in ops
-                  if m != "parameters"}
+    routes = {
+        (r.method.lower(), r.resource.canonical)
+        for r in app.router.routes()
+        if r.method != "HEAD" and r.resource is not None
+    }
+    documented = {(m, p) for p, ops in DOCUMENT["paths"].items() for m in ops if m != "parameters"}
     routes.discard(("get", "/openapi.json"))
     assert routes <= documented, routes - documented  # every route is documented

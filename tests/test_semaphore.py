@@ -78,8 +78,9 @@ def test_a_restarted_worker_takes_back_its_own_slots(redis_url: str) -> None:
     asyncio.run(main())
 
 
-def _sample(r: redis_sync.Redis, stream: str, sem_key: str, stop: threading.Event,
-            seen: dict[str, int]) -> None:
+def _sample(
+    r: redis_sync.Redis, stream: str, sem_key: str, stop: threading.Event, seen: dict[str, int]
+) -> None:
     """Largest number of running entries and held slots seen."""
     while not stop.is_set():
         pending = r.xpending(stream, keys.GROUP)["pending"] if r.exists(stream) else 0
@@ -91,9 +92,14 @@ def _sample(r: redis_sync.Redis, stream: str, sem_key: str, stop: threading.Even
 def test_two_processes_share_slots_and_a_killed_one_gives_them_back(
     start_gateway, start_worker, r: redis_sync.Redis
 ) -> None:
-    shared = {**ECHO, "WORKER_CONCURRENCY": "2", "WORKER_SEMAPHORE_KEY": "shared-gpu",
-              "WORKER_SEMAPHORE_LEASE_SECONDS": "2", "JOB_LEASE_SECONDS": "2",
-              "ECHO_TOKEN_INTERVAL_MS": "40"}
+    shared = {
+        **ECHO,
+        "WORKER_CONCURRENCY": "2",
+        "WORKER_SEMAPHORE_KEY": "shared-gpu",
+        "WORKER_SEMAPHORE_LEASE_SECONDS": "2",
+        "JOB_LEASE_SECONDS": "2",
+        "ECHO_TOKEN_INTERVAL_MS": "40",
+    }
     a = start_worker(name="a", **shared)
     start_worker(name="b", **shared)
     gateway = start_gateway(JOB_LEASE_SECONDS="2")
@@ -103,8 +109,8 @@ def test_two_processes_share_slots_and_a_killed_one_gives_them_back(
 
     def ask(i: int, tokens: int) -> str:
         out = client.chat.completions.create(
-            model="echo-test", messages=[{"role": "user", "content": f"job{i}"}],
-            max_tokens=tokens)
+            model="echo-test", messages=[{"role": "user", "content": f"job{i}"}], max_tokens=tokens
+        )
         return out.choices[0].message.content or ""
 
     seen = {"pending": 0, "held": 0}
@@ -122,13 +128,19 @@ def test_two_processes_share_slots_and_a_killed_one_gives_them_back(
         # runs out, then the other process gets them and finishes every job.
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(ask, 100 + i, 50) for i in range(4)]
-            wait_for(lambda: any(m.startswith(b"a:") for m in r.zrange(sem_key, 0, -1)),
-                     timeout=30, what="worker a to hold a slot")
+            wait_for(
+                lambda: any(m.startswith(b"a:") for m in r.zrange(sem_key, 0, -1)),
+                timeout=30,
+                what="worker a to hold a slot",
+            )
             a.signal(signal.SIGKILL)
             a.wait(10)
             assert any(m.startswith(b"a:") for m in r.zrange(sem_key, 0, -1))
-            wait_for(lambda: not any(m.startswith(b"a:") for m in r.zrange(sem_key, 0, -1)),
-                     timeout=30, what="the dead worker's slots to expire")
+            wait_for(
+                lambda: not any(m.startswith(b"a:") for m in r.zrange(sem_key, 0, -1)),
+                timeout=30,
+                what="the dead worker's slots to expire",
+            )
             assert [f.result() for f in futures] == [f"job{100 + i} " * 50 for i in range(4)]
         # (Entries of the dead worker stay pending until reclaimed, so only the
         # slots, not the pending count, are bounded across the kill.)

@@ -30,25 +30,37 @@ def test_env_names_follow_the_fields():
     assert g.gateway_port == 4321
 
 
-@pytest.mark.parametrize(("cls", "env", "name"), [
-    (GatewaySettings, {"GATEWAY_PORT": "99999"}, "GATEWAY_PORT"),
-    (GatewaySettings, {"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT"),
-    (QueueSettings, {"JOB_LEASE_SECONDS": "0"}, "JOB_LEASE_SECONDS"),
-    (EngineSettings, {"ENGINE": "vllm"}, "ENGINE"),
-])
+@pytest.mark.parametrize(
+    ("cls", "env", "name"),
+    [
+        (GatewaySettings, {"GATEWAY_PORT": "99999"}, "GATEWAY_PORT"),
+        (GatewaySettings, {"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT"),
+        (QueueSettings, {"JOB_LEASE_SECONDS": "0"}, "JOB_LEASE_SECONDS"),
+        (EngineSettings, {"ENGINE": "vllm"}, "ENGINE"),
+    ],
+)
 def test_bad_values_name_the_variable(cls, env, name):
     with pytest.raises(SettingsError) as info:
         from_env(cls, env)
     assert str(info.value).startswith(name)
 
 
-@pytest.mark.parametrize(("module", "env", "name"), [
-    ("gateway", {"GATEWAY_PORT": "-1"}, "GATEWAY_PORT"),
-    ("streamworker", {"WORKER_CONCURRENCY": "many"}, "WORKER_CONCURRENCY"),
-    ("streamworker", {"JOB_MAX_ATTEMPTS": "0"}, "JOB_MAX_ATTEMPTS"),
-])
+@pytest.mark.parametrize(
+    ("module", "env", "name"),
+    [
+        ("gateway", {"GATEWAY_PORT": "-1"}, "GATEWAY_PORT"),
+        ("streamworker", {"WORKER_CONCURRENCY": "many"}, "WORKER_CONCURRENCY"),
+        ("streamworker", {"JOB_MAX_ATTEMPTS": "0"}, "JOB_MAX_ATTEMPTS"),
+    ],
+)
 def test_processes_refuse_to_start_on_bad_values(module, env, name):
-    out = subprocess.run([sys.executable, "-m", module], env={**os.environ, **env},
-                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", module],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert out.returncode == 2
     assert name in out.stderr

@@ -12,8 +12,9 @@ from tests.test_recovery import expected_echo, stream_text
 
 
 def test_sigterm_drains_running_job(start_gateway, start_worker, r):
-    worker = start_worker(name="drainer", ECHO_TOKEN_INTERVAL_MS="20",
-                          WORKER_SHUTDOWN_GRACE_SECONDS="20", **ECHO)
+    worker = start_worker(
+        name="drainer", ECHO_TOKEN_INTERVAL_MS="20", WORKER_SHUTDOWN_GRACE_SECONDS="20", **ECHO
+    )
     gw = start_gateway()
     client = client_for(gw, timeout=60)
     result: list[str] = []

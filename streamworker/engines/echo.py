@@ -62,8 +62,9 @@ class EchoEngine(ThreadedEngine):
             raise EngineError("echo engine asked to fail")
         assembler = TextAssembler(params.stop)
         done = sum(1 for p in resume if p.token >= 0)  # token -1: a flushed tail
-        assembler.replay([self._bytes(words, i) for i in range(done)],
-                         "".join(p.text for p in resume))
+        assembler.replay(
+            [self._bytes(words, i) for i in range(done)], "".join(p.text for p in resume)
+        )
         prompt_tokens = self.count_prompt_tokens(messages)
         next_at = time.monotonic()
         for i in range(done, params.max_tokens):

@@ -88,8 +88,10 @@ class LlamaEngine(ThreadedEngine):
         assembler = TextAssembler([*params.stop, *template_stops])
         history = [*prompt, *done_tokens]
         assembler.replay(
-            [self.llm.detokenize([t], prev_tokens=history[: len(prompt) + i])
-             for i, t in enumerate(done_tokens)],
+            [
+                self.llm.detokenize([t], prev_tokens=history[: len(prompt) + i])
+                for i, t in enumerate(done_tokens)
+            ],
             "".join(p.text for p in resume),
         )
         remaining = params.max_tokens - len(done_tokens)
@@ -102,8 +104,13 @@ class LlamaEngine(ThreadedEngine):
         # generate() sees the whole history in the cache but its last token, so
         # it evaluates only that token, then samples on from there.
         generator = self.llm.generate(
-            history, temp=params.temperature, top_p=params.top_p, top_k=0, min_p=0.0,
-            repeat_penalty=1.0, reset=True,
+            history,
+            temp=params.temperature,
+            top_p=params.top_p,
+            top_k=0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            reset=True,
         )
         finish = "length"
         produced = 0
