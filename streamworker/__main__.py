@@ -19,6 +19,7 @@ from streamworker.registry import Registry, engine_alive
 from streamworker.semaphore import GpuSemaphore
 from streamworker.settings import (
     EngineSettings,
+    QdrantSettings,
     QueueSettings,
     RedisSettings,
     SettingsError,
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--name", help="WORKER_NAME")
     sub.add_parser("inspect", help="streams, groups, consumers, pending, workers")
     sub.add_parser("capacity", help="how WORKER_CONCURRENCY=auto would size this host")
+    sub.add_parser("qdrant", help="check the retrieval store (QDRANT_* settings)")
     dead = sub.add_parser("dead", help="dead-lettered jobs")
     dead_sub = dead.add_subparsers(dest="dead_command", required=True)
     dead_list = dead_sub.add_parser("list")
@@ -159,6 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, ValueError) as exc:
         print(f"streamworker: bad setting: {exc}", file=sys.stderr)
         return 2
+    if command == "qdrant":
+        try:
+            qdrant_settings = from_env(QdrantSettings)
+        except SettingsError as exc:
+            print(f"streamworker: bad setting: {exc}", file=sys.stderr)
+            return 2
+        from streamworker import cli
+
+        return anyio.run(cli.qdrant_check, qdrant_settings)
     setup_logging("streamworker")
     if command == "run":
         return anyio.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ from streamworker.connections import connect
 from streamworker.queue import Queue, model_keys
 from streamworker.registry import live_workers
 from streamworker.semaphore import holders
-from streamworker.settings import QueueSettings, RedisSettings
+from streamworker.settings import QdrantSettings, QueueSettings, RedisSettings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -125,6 +126,24 @@ async def dead(queue: Queue, args: argparse.Namespace) -> int:
             else:
                 print(f"replayed {dead_id} -> job {job_id}")
     return 1 if missing and args.entry_ids != ["all"] and len(models) == 1 else 0
+
+
+async def qdrant_check(settings: QdrantSettings) -> int:
+    """Print the retrieval store's mode, address and collections; exit 1 if it
+    is unreachable, 2 if ENVIRONMENT=production and the checklist fails."""
+    from streamworker import qdrant
+
+    try:
+        st = await qdrant.status(settings)
+    except Exception as exc:  # any transport error: report it, plainly
+        print(f"qdrant: unreachable at {qdrant.address(settings)}: {type(exc).__name__}: {exc}")
+        return 1
+    print(f"qdrant: {st.mode} at {st.address}; collections: {', '.join(st.collections) or '-'}")
+    for problem in st.problems:
+        print(f"qdrant: production checklist: {problem}")
+    if st.problems and os.environ.get("ENVIRONMENT") == "production":
+        return 2
+    return 0
 
 
 async def dispatch(

@@ -103,3 +103,24 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
 
     def name(self) -> str:
         return self.worker_name or f"{socket.gethostname()}-{self.worker_instance}"
+
+
+class QdrantSettings(msgspec.Struct, kw_only=True):
+    """The retrieval store (the RAG guide's variables). No QDRANT_HOST means
+    Qdrant's embedded local mode: no server, data in QDRANT_PATH (or memory)."""
+
+    qdrant_host: str = ""
+    qdrant_path: str = ""
+    qdrant_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 6333
+    qdrant_grpc_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 6334
+    qdrant_api_key: str = ""
+    qdrant_prefer_grpc: bool = False
+    qdrant_https: bool = False
+    qdrant_timeout: PositiveFloat = 60.0
+
+    def __repr__(self) -> str:
+        key = "***" if self.qdrant_api_key else ""
+        return (
+            f"QdrantSettings(host={self.qdrant_host!r}, path={self.qdrant_path!r}, "
+            f"port={self.qdrant_port}, https={self.qdrant_https}, api_key={key!r})"
+        )
