@@ -48,6 +48,18 @@ class ModelKeys:
         """The job's pub/sub channel: token and status events, at-most-once."""
         return f"{self.t}:ch:{job_id}"
 
+    def lifecycle(self, job_id: str) -> list[str]:
+        """KEYS of the scripts that move a job along (start, finish, requeue),
+        in the order they take them: record, log, channel, stream, queued, dead."""
+        return [
+            self.job(job_id),
+            self.log(job_id),
+            self.channel(job_id),
+            self.stream,
+            self.queued,
+            self.dead,
+        ]
+
     def idempotency(self, key: str) -> str:
         """Idempotency-Key -> job id, so a retried POST returns the same job."""
         return f"{self.t}:idem:{key}"

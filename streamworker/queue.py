@@ -216,14 +216,7 @@ class Queue:
         the tokens already delivered by earlier attempts) or why it was skipped."""
         k = model_keys(model)
         result = await self.scripts.start(
-            keys=[
-                k.job(entry.job_id),
-                k.log(entry.job_id),
-                k.channel(entry.job_id),
-                k.stream,
-                k.queued,
-                k.dead,
-            ],
+            keys=k.lifecycle(entry.job_id),
             args=[
                 entry.entry_id,
                 consumer,
@@ -265,7 +258,7 @@ class Queue:
         k = model_keys(model)
         flat: list[str | int] = [x for kv in fields.items() for x in kv]
         result = await self.scripts.finish(
-            keys=[k.job(entry.job_id), k.log(entry.job_id), k.channel(entry.job_id), k.stream],
+            keys=k.lifecycle(entry.job_id)[:4],
             args=[
                 attempt,
                 entry.entry_id,
@@ -293,14 +286,7 @@ class Queue:
         attempts) or at shutdown (error=None). 'requeued', 'dead' or 'stale'."""
         k = model_keys(model)
         result = await self.scripts.requeue(
-            keys=[
-                k.job(entry.job_id),
-                k.log(entry.job_id),
-                k.channel(entry.job_id),
-                k.stream,
-                k.queued,
-                k.dead,
-            ],
+            keys=k.lifecycle(entry.job_id),
             args=[
                 attempt,
                 entry.entry_id,
