@@ -12,6 +12,7 @@ import msgspec
 from redis.exceptions import ResponseError
 
 from streamworker import keys
+from streamworker.appender import Appender
 from streamworker.events import LogEntry, Tokens, decode_log, encode
 from streamworker.jobs import JobRecord, JobRequest, now_ms
 from streamworker.scripts import Scripts
@@ -59,6 +60,8 @@ class Queue:
         self.redis = redis
         self.settings = settings
         self.scripts = Scripts(redis)
+        # Set by a worker that runs many jobs: appends go out in pipelines.
+        self.appender: Appender | None = None
 
     @property
     def lease_ms(self) -> int:
@@ -239,11 +242,13 @@ class Queue:
         client cancelled), or 'stale' (another attempt owns the job)."""
         k = model_keys(model)
         event = encode(Tokens(seq=seq, attempt=attempt, tokens=list(tokens)))
-        result = await self.scripts.append(
-            keys=[k.job(job_id), k.log(job_id), k.channel(job_id)],
-            args=[attempt, seq, event, *(encode(t) for t in tokens)],
-        )
-        return result.decode()
+        keys_ = [k.job(job_id), k.log(job_id), k.channel(job_id)]
+        args = [attempt, seq, event, *(encode(t) for t in tokens)]
+        if self.appender is not None:
+            result = await self.appender.call(keys_, args)
+        else:
+            result = await self.scripts.append(keys=keys_, args=args)
+        return result.decode()  # type: ignore[union-attr]
 
     async def finish(
         self,

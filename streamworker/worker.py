@@ -20,6 +20,7 @@ import anyio
 from redis.exceptions import RedisError, ResponseError
 
 from streamworker import logs
+from streamworker.appender import Appender
 from streamworker.engines.base import Done, Engine, EngineError, Piece
 from streamworker.events import End, LogEntry, encode
 from streamworker.jobs import JobStatus, now_ms
@@ -104,6 +105,9 @@ class Worker:
         async with anyio.create_task_group() as jobs:
             async with anyio.create_task_group() as upkeep:
                 upkeep.start_soon(self._lease_loop)
+                if self.slots > 1:
+                    self.queue.appender = Appender(self.queue.redis, self.queue.scripts.append)
+                    upkeep.start_soon(self.queue.appender.run)
                 if self.registry is not None:
                     upkeep.start_soon(self.registry.heartbeat_loop, self)
                 if self.semaphore is not None:
@@ -121,6 +125,7 @@ class Worker:
                         pass
                 await self._drain()
                 upkeep.cancel_scope.cancel()
+            self.queue.appender = None
         if self.registry is not None:
             await self.registry.unregister(self)
 

@@ -63,7 +63,9 @@ def test_gateway_and_worker_metrics_move(start_gateway, start_worker) -> None:
     def ask(i: int, stream: bool = False) -> int:
         body = {
             "model": "echo-test",
-            "max_tokens": 20,
+            # Long enough that the heartbeat (0.5 s) sees the first job running
+            # while the others still wait.
+            "max_tokens": 60,
             "stream": stream,
             "messages": [{"role": "user", "content": f"m{i}"}],
         }
