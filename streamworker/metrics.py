@@ -11,14 +11,11 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from wsgiref.simple_server import make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
-
-if TYPE_CHECKING:
-    from streamworker.jobs import JobRecord
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.25, 0.5, 1.0)
@@ -98,9 +95,9 @@ class WorkerMetrics:
         server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
         threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
 
-    def job_started(self, record: JobRecord | None) -> None:
-        if record is not None and record.attempt <= 1:
-            self.queue_time.observe(max(0.0, time.time() - record.created_at / 1000))
+    def job_started(self, attempt: int, created_at_ms: int) -> None:
+        if attempt <= 1:
+            self.queue_time.observe(max(0.0, time.time() - created_at_ms / 1000))
 
     def job_finished(
         self,
@@ -108,7 +105,7 @@ class WorkerMetrics:
         new_tokens: int,
         t0: float,
         first_token: float | None,
-        record: JobRecord | None,
+        created_at_ms: int,
     ) -> None:
         self.jobs.labels(status).inc()
         self.tokens.inc(new_tokens)
@@ -117,8 +114,7 @@ class WorkerMetrics:
             self.ttft.observe(first_token - t0)
             if new_tokens > 1:
                 self.inter_token.observe((now - first_token) / (new_tokens - 1))
-        if record is not None:
-            self.e2e.observe(max(0.0, time.time() - record.created_at / 1000))
+        self.e2e.observe(max(0.0, time.time() - created_at_ms / 1000))
 
     def job_skipped(self, reason: str) -> None:
         self.skipped.labels(reason).inc()

@@ -41,6 +41,8 @@ class Entry(msgspec.Struct, frozen=True):
 class Started(msgspec.Struct, frozen=True):
     attempt: int
     logged: list[LogEntry]
+    deadline_ms: int
+    created_at_ms: int
 
 
 @lru_cache(maxsize=1024)
@@ -233,7 +235,12 @@ class Queue:
             return result[1].decode()
         logged = int(result[2])
         prefix = await self.log(model, entry.job_id) if logged else []
-        return Started(attempt=int(result[1]), logged=prefix)
+        return Started(
+            attempt=int(result[1]),
+            logged=prefix,
+            deadline_ms=int(result[3]),
+            created_at_ms=int(result[4]),
+        )
 
     async def append(
         self, model: str, job_id: str, attempt: int, seq: int, tokens: Sequence[LogEntry]

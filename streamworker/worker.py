@@ -264,13 +264,11 @@ class Worker:
     async def _generate(self, entry: Entry, started: Started) -> None:
         request = decode_request(entry.payload)
         logs.request_id.set(request.request_id or None)
-        record = await self.queue.record(self.model, entry.job_id)
-        deadline = record.deadline if record else now_ms() + 600_000
-        job = Active(entry, started.attempt, deadline)
+        job = Active(entry, started.attempt, started.deadline_ms)
         self.active[entry.entry_id] = job
         if self.metrics:
             self.metrics.active.set(len(self.active))
-            self.metrics.job_started(record)
+            self.metrics.job_started(started.attempt, started.created_at_ms)
         resume = [Piece(e.token, e.text) for e in started.logged]
         # What the log holds (earlier attempts, then ours as it is accepted):
         # the record's final text is exactly what a client can have seen.
@@ -391,7 +389,9 @@ class Worker:
         self.jobs_done += 1
         if self.metrics and ok:
             new_tokens = completion - sum(1 for e in started.logged if e.token >= 0)
-            self.metrics.job_finished(status.value, new_tokens, t0, first_token_at, record)
+            self.metrics.job_finished(
+                status.value, new_tokens, t0, first_token_at, started.created_at_ms
+            )
         if ok:
             # Carries job_id and request_id (context vars): the worker's end of a request's path.
             log.info(

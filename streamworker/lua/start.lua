@@ -7,7 +7,7 @@ local rec, log, chan, stream, queued, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
 local entry, consumer, group, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local max_attempts, ttl = tonumber(ARGV[5]), ARGV[6]
 
-local job = redis.call('HMGET', rec, 'status', 'cancel', 'deadline', 'failures')
+local job = redis.call('HMGET', rec, 'status', 'cancel', 'deadline', 'failures', 'created_at')
 local status = job[1]
 if not status then
   -- Record gone (expired long ago): nothing to run, drop the entry.
@@ -49,4 +49,5 @@ local attempt = redis.call('HINCRBY', rec, 'attempt', 1)
 redis.call('HSET', rec, 'status', 'running', 'worker', consumer, 'entry_id', entry, 'heartbeat_at', now)
 redis.call('HSETNX', rec, 'started_at', now)
 redis.call('PUBLISH', chan, cjson.encode({type = 'status', status = 'running', attempt = attempt}))
-return {'run', tostring(attempt), tostring(redis.call('LLEN', log))}
+-- The deadline and creation time too: the worker needs no separate read.
+return {'run', tostring(attempt), tostring(redis.call('LLEN', log)), job[3], job[5] or '0'}
