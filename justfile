@@ -30,6 +30,7 @@ bench *args:
 lint:
     {{python}} -m ruff check .
     {{python}} -m ruff format --check .
+    .venv/bin/lint-imports
 
 # a private redis-server with the project's redis.conf in .run/redis
 redis:

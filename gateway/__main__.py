@@ -15,8 +15,8 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.auth import KeyringError, hash_key_main
 from gateway.settings import GatewaySettings
-from streamworker.logs import setup_logging
-from streamworker.settings import QueueSettings, RedisSettings, SettingsError, from_env
+from streamworker.protocol.logs import setup_logging
+from streamworker.protocol.settings import QueueSettings, RedisSettings, SettingsError, from_env
 
 
 def main(argv: list[str] | None = None) -> int:

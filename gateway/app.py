@@ -18,9 +18,10 @@ from gateway.models import ModelDirectory
 from gateway.openai_types import ModelCard, ModelList
 from gateway.security import Hardening
 from gateway.settings import GatewaySettings
-from streamworker.connections import connect
-from streamworker.queue import Queue
-from streamworker.settings import QueueSettings, RedisSettings
+from streamworker.protocol.client import JobClient
+from streamworker.protocol.connections import connect
+from streamworker.protocol.scripts import Scripts
+from streamworker.protocol.settings import QueueSettings, RedisSettings
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -86,10 +87,13 @@ def create_app(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         redis = connect(redis_settings)
         hub = Hub(redis)
+        scripts = Scripts(redis)
         app[state.STATE] = state.GatewayState(
             settings=settings,
+            queue_settings=queue_settings,
             redis=redis,
-            queue=Queue(redis, queue_settings),
+            scripts=scripts,
+            jobs=JobClient(redis, scripts, queue_settings),
             hub=hub,
             models=ModelDirectory(redis),
             metrics=GatewayMetrics(),

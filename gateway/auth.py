@@ -2,7 +2,7 @@
 
 Keys come from two places, both optional:
 
-* ``OPENAI_API_KEY``: one plaintext key (the seed's compose file), named
+* ``OPENAI_API_KEY``: one plaintext key (the simplest deployment: one shared key in compose), named
   ``default``; hashed at start so the plaintext is not kept around.
 * ``API_KEYS_FILE``: a TOML file of many keys, stored only as SHA-256 hashes::
 
@@ -123,6 +123,12 @@ class Keyring:
 # The request's key (None: anonymous, allowed only when keys are not enforced).
 API_KEY = "api_key"
 _BEARER = re.compile(r"^\s*Bearer\s+(\S+)\s*$", re.IGNORECASE)
+
+
+def owner_of(request: web.Request) -> str:
+    """Who owns what this request creates: its key's name ("" without a key)."""
+    key: ApiKey | None = request.get(API_KEY)
+    return key.name if key is not None else ""
 
 
 def bearer_token(request: web.Request) -> str | None:

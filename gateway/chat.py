@@ -16,6 +16,7 @@ from aiohttp import web
 from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from gateway import queue_position, security, state
+from gateway.auth import owner_of
 from gateway.errors import (
     ApiError,
     BadRequest,
@@ -40,11 +41,11 @@ from gateway.openai_types import (
 )
 from gateway.relay import Idle, Relay, Text
 from gateway.settings import GatewaySettings
-from streamworker import queue as jobqueue
-from streamworker.engines.base import GenerationParams, Message
-from streamworker.events import End, Status
-from streamworker.jobs import JobRequest, new_job_id
-from streamworker.queue import model_keys
+from streamworker.protocol import client as jobclient
+from streamworker.protocol.keys import model_keys
+from streamworker.protocol.outcomes import JobStatus
+from streamworker.protocol.record import new_job_id
+from streamworker.protocol.wire import End, GenerationParams, JobRequest, Message, Status
 
 log = logging.getLogger("gateway.chat")
 
@@ -191,7 +192,12 @@ def _job(
 
 
 async def enqueue_job(
-    app: web.Application, job: ChatJob, job_id: str, *, idempotency_key: str | None = None
+    app: web.Application,
+    job: ChatJob,
+    job_id: str,
+    *,
+    owner: str = "",
+    idempotency_key: str | None = None,
 ) -> tuple[str, bool]:
     """Enqueue atomically with the queue bound. Returns (job id, created):
     a retried Idempotency-Key returns the first job's id and False."""
@@ -202,15 +208,16 @@ async def enqueue_job(
     settings = st.settings
     max_queue = settings.max_queue or settings.max_queue_per_slot * capacity
     try:
-        return await st.queue.enqueue(
+        return await st.jobs.enqueue(
             job.model,
             job_id,
             job.request,
+            owner=owner,
             timeout_seconds=job.timeout,
             max_queue=max_queue,
             idempotency_key=idempotency_key,
         )
-    except jobqueue.QueueFull as full:
+    except jobclient.QueueFull as full:
         st.metrics.rejected.inc()
         raise QueueFull(
             f"The queue for model '{job.model}' is full ({full.depth} jobs waiting); retry later.",
@@ -246,20 +253,22 @@ async def subscribed(app: web.Application, model: str, job_id: str) -> AsyncIter
     except (RedisError, OSError, TimeoutError) as exc:
         raise _unavailable() from exc
     try:
-        yield Relay(st.queue, model, job_id, inbox, keepalive=st.settings.sse_keepalive_seconds)
+        yield Relay(st.jobs, model, job_id, inbox, keepalive=st.settings.sse_keepalive_seconds)
     finally:
         await cm.__aexit__(None, None, None)
 
 
 @contextlib.asynccontextmanager
 async def submit(
-    app: web.Application, job: ChatJob, *, idempotency_key: str | None = None
+    app: web.Application, job: ChatJob, *, owner: str = "", idempotency_key: str | None = None
 ) -> AsyncIterator[tuple[str, Relay]]:
     """Subscribe the job's channel, then enqueue it, then hand back a relay.
     Subscribing first means no event of the job can be missed."""
     job_id = new_job_id()
     async with subscribed(app, job.model, job_id) as relay:
-        final_id, _created = await enqueue_job(app, job, job_id, idempotency_key=idempotency_key)
+        final_id, _created = await enqueue_job(
+            app, job, job_id, owner=owner, idempotency_key=idempotency_key
+        )
         if final_id == job_id:
             yield job_id, relay
             return
@@ -287,7 +296,7 @@ def end_error(end: End) -> ApiError:
 
 async def _cancel_quietly(app: web.Application, model: str, job_id: str) -> None:
     with contextlib.suppress(RedisError, OSError):
-        await state.of(app).queue.cancel(model, job_id)
+        await state.of(app).jobs.cancel(model, job_id)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -305,13 +314,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def _run(request: web.Request, job: ChatJob, *, chat: bool) -> web.StreamResponse:
     app = request.app
     idem = request.headers.get("Idempotency-Key")
-    async with submit(app, job, idempotency_key=idem) as (job_id, relay):
+    owner = owner_of(request)
+    async with submit(app, job, owner=owner, idempotency_key=idem) as (job_id, relay):
         finished = False
         try:
             if job.stream:
                 response = await _stream(request, job, job_id, relay, chat=chat)
             else:
-                response = await _collect(job, job_id, relay, chat=chat)
+                response = await _collect(request, job, job_id, relay, chat=chat)
             finished = True
             return response
         finally:
@@ -321,8 +331,11 @@ async def _run(request: web.Request, job: ChatJob, *, chat: bool) -> web.StreamR
                 await asyncio.shield(_cancel_quietly(app, job.model, job_id))
 
 
-async def _collect(job: ChatJob, job_id: str, relay: Relay, *, chat: bool) -> web.Response:
-    app_deadline = time.time() + (job.timeout or relay.queue.settings.job_timeout_seconds) + 1
+async def _collect(
+    request: web.Request, job: ChatJob, job_id: str, relay: Relay, *, chat: bool
+) -> web.Response:
+    queue_settings = state.of(request.app).queue_settings
+    app_deadline = time.time() + (job.timeout or queue_settings.job_timeout_seconds) + 1
     parts: list[str] = []
     created = int(time.time())
     async for item in relay:
@@ -330,7 +343,7 @@ async def _collect(job: ChatJob, job_id: str, relay: Relay, *, chat: bool) -> we
             parts.append(item.text)
         elif isinstance(item, Idle):
             if time.time() >= app_deadline:
-                await relay.queue.cancel(job.model, job_id, reason="expired")
+                await relay.jobs.cancel(job.model, job_id, JobStatus.EXPIRED)
         elif isinstance(item, End):
             if item.status != "completed":
                 raise end_error(item)
@@ -392,7 +405,8 @@ async def _stream(
     )
     await response.prepare(request)
     created = int(time.time())
-    deadline = time.time() + (job.timeout or relay.queue.settings.job_timeout_seconds) + 1
+    st = state.of(request.app)
+    deadline = time.time() + (job.timeout or st.queue_settings.job_timeout_seconds) + 1
 
     def chunk(delta: Delta, finish: str | None = None) -> bytes:
         if chat:
@@ -424,10 +438,9 @@ async def _stream(
 
     if chat:
         await response.write(chunk(Delta(role="assistant", content="")))
-    st = state.of(request.app)
     show_position = queue_position.wanted(request)
     if show_position:
-        await response.write(await queue_position.comment(st.redis, job.model, job_id))
+        await response.write(await queue_position.comment(st.jobs, job.model, job_id))
     first_token = True
     async for item in relay:
         if isinstance(item, Text):
@@ -439,9 +452,9 @@ async def _stream(
         elif isinstance(item, (Idle, Status)):
             await response.write(b": keep-alive\n\n")
             if show_position and isinstance(item, Idle):
-                await response.write(await queue_position.comment(st.redis, job.model, job_id))
+                await response.write(await queue_position.comment(st.jobs, job.model, job_id))
             if time.time() >= deadline:
-                await relay.queue.cancel(job.model, job_id, reason="expired")
+                await relay.jobs.cancel(job.model, job_id, JobStatus.EXPIRED)
         elif isinstance(item, End):
             if item.status == "completed":
                 await response.write(chunk(Delta(), item.finish_reason))

@@ -1,10 +1,11 @@
 """Prompt tokens against the model's context, before a job is enqueued.
 
-Workers publish their context size (``n_ctx``) and model file in their
-registry heartbeat. When that file is readable from the gateway's host, the
-gateway loads the model's vocabulary only (llama.cpp ``vocab_only``: no
-weights, about half a second, once per model) and renders and tokenizes the
-prompt exactly as the worker will, so an oversize prompt is refused with 400
+Workers publish their context size (``n_ctx``), model file and chat format
+in their registry heartbeat. When that file is readable from the gateway's
+host, the gateway loads the model's vocabulary only (no weights, about half a
+second, once per model file and format) and renders and tokenizes the prompt
+with the same code and the same chat format as the worker
+(streamworker/tokenizer.py), so an oversize prompt is refused with 400
 ``context_length_exceeded`` and never takes a queue slot.
 
 When the file is not reachable (gateway on another host, echo test double)
@@ -21,15 +22,12 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from gateway import state
 from gateway.errors import ContextLengthExceeded
-from streamworker.engines.base import Message
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
-    from gateway.chat import ChatJob
-    from streamworker.registry import WorkerInfo
+    from streamworker.protocol.registry import WorkerInfo
+    from streamworker.protocol.wire import Message
+    from streamworker.tokenizer import PromptBuilder
 
 log = logging.getLogger("gateway.context_window")
 
@@ -44,73 +42,48 @@ def estimate_tokens(messages: Sequence[Message]) -> int:
     return -(-size // BYTES_PER_TOKEN) + TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
 
 
-class Tokenizer:
-    """A model's vocabulary and chat template, without its weights."""
-
-    def __init__(self, path: str) -> None:
+def _load(path: str, chat_format: str) -> PromptBuilder | None:
+    if not os.path.isfile(path):
+        return None
+    try:
         # Imported here: llama.cpp's library is only needed when a model file
         # is reachable, and it is slow to load.
-        from llama_cpp import Llama
+        from streamworker.tokenizer import load_vocabulary
 
-        from streamworker.engines.chat_template import renderer
-        from streamworker.engines.llama import quiet_llama_logs
-
-        quiet_llama_logs()
-        self.llm = Llama(model_path=path, vocab_only=True, verbose=False)
-        eos = self.llm.detokenize([self.llm.token_eos()], special=True).decode("utf-8", "ignore")
-        bos = self.llm.detokenize([self.llm.token_bos()], special=True).decode("utf-8", "ignore")
-        self.render = renderer(self.llm.metadata, eos, bos)
-
-    def count(self, messages: Sequence[Message]) -> int:
-        prompt, _ = self.render(messages)
-        return len(
-            self.llm.tokenize(prompt.encode("utf-8", "surrogatepass"), add_bos=True, special=True)
+        return load_vocabulary(path, chat_format)
+    except Exception as exc:  # an unreadable file must not fail requests
+        log.warning(
+            "cannot load the vocabulary of %s (%s); estimating prompt tokens",
+            path,
+            type(exc).__name__,
         )
+        return None
 
 
 class ContextWindow:
     """Per model: the smallest live context and, when reachable, a tokenizer."""
 
     def __init__(self) -> None:
-        self._tokenizers: dict[str, Tokenizer | None] = {}
+        self._tokenizers: dict[tuple[str, str], PromptBuilder | None] = {}
         self._lock = asyncio.Lock()
 
-    async def tokenizer(self, workers: Sequence[WorkerInfo]) -> Tokenizer | None:
-        paths = sorted({w.model_path for w in workers if w.model_path})
-        for path in paths:
-            if path in self._tokenizers:
-                if self._tokenizers[path] is not None:
-                    return self._tokenizers[path]
-                continue
-            async with self._lock:
-                if path not in self._tokenizers:
-                    self._tokenizers[path] = await asyncio.to_thread(self._load, path)
-            if self._tokenizers[path] is not None:
-                return self._tokenizers[path]
+    async def tokenizer(self, workers: Sequence[WorkerInfo]) -> PromptBuilder | None:
+        for source in sorted({(w.model_path, w.chat_format) for w in workers if w.model_path}):
+            if source not in self._tokenizers:
+                async with self._lock:
+                    if source not in self._tokenizers:
+                        self._tokenizers[source] = await asyncio.to_thread(_load, *source)
+            if (found := self._tokenizers[source]) is not None:
+                return found
         return None
 
-    @staticmethod
-    def _load(path: str) -> Tokenizer | None:
-        if not os.path.isfile(path):
-            return None
-        try:
-            return Tokenizer(path)
-        except Exception as exc:  # an unreadable file must not fail requests
-            log.warning(
-                "cannot load the vocabulary of %s (%s); estimating prompt tokens",
-                path,
-                type(exc).__name__,
-            )
-            return None
-
-    async def prompt_tokens(self, app: web.Application, job: ChatJob) -> int:
-        """The job's prompt tokens (exact where possible, else an estimate),
-        after refusing a job that cannot fit the model's context."""
-        workers = [w for w in await state.of(app).models.workers() if w.model == job.model]
+    async def prompt_tokens(
+        self, workers: Sequence[WorkerInfo], messages: Sequence[Message], max_tokens: int
+    ) -> int:
+        """The prompt's tokens on these workers (exact where possible, else an
+        estimate), after refusing a prompt that cannot fit their context."""
         contexts = [w.n_ctx for w in workers if w.n_ctx > 0]
         n_ctx = min(contexts) if contexts else 0
-        messages = job.request.messages
-        max_tokens = job.request.params.max_tokens
         tokenizer = await self.tokenizer(workers) if n_ctx else None
         if tokenizer is None:
             if n_ctx and max_tokens >= n_ctx:

@@ -1,4 +1,4 @@
-"""The async jobs API (the seed's job model):
+"""The async jobs API: submit now, read or stream the result later:
 
 POST /v1/jobs               same body as chat completions -> 202 {id, status}
 GET  /v1/jobs/{id}          status, attempts, timestamps, result, usage
@@ -15,11 +15,12 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway import state
+from gateway.auth import owner_of
 from gateway.chat import end_error, enqueue_job, parse_chat, subscribed
 from gateway.errors import BadRequest, NotFound, ServiceUnavailable
 from gateway.relay import Idle, Text
-from streamworker.events import End, Status
-from streamworker.jobs import JobRecord, new_job_id
+from streamworker.protocol.record import JobRecord, new_job_id
+from streamworker.protocol.wire import End, Status
 
 _encoder = msgspec.json.Encoder()
 
@@ -54,8 +55,8 @@ async def _find(request: web.Request) -> tuple[str, JobRecord]:
     st = state.of(request.app)
     job_id = request.match_info["job_id"]
     try:
-        model = await st.queue.model_of(job_id)
-        record = await st.queue.record(model, job_id) if model else None
+        model = await st.jobs.model_of(job_id)
+        record = await st.jobs.record(model, job_id) if model else None
     except (RedisError, OSError) as exc:
         raise ServiceUnavailable("The queue is unavailable; retry later.") from exc
     if model is None or record is None:
@@ -67,9 +68,13 @@ async def create_job(request: web.Request) -> web.Response:
     st = state.of(request.app)
     job = parse_chat(await request.read(), st.settings)
     job_id, created = await enqueue_job(
-        request.app, job, new_job_id(), idempotency_key=request.headers.get("Idempotency-Key")
+        request.app,
+        job,
+        new_job_id(),
+        owner=owner_of(request),
+        idempotency_key=request.headers.get("Idempotency-Key"),
     )
-    record = await st.queue.record(job.model, job_id)
+    record = await st.jobs.record(job.model, job_id)
     body = job_view(record) if record else {"id": job_id, "object": "job", "status": "queued"}
     return web.json_response(
         body,
@@ -86,8 +91,8 @@ async def get_job(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     st = state.of(request.app)
     model, record = await _find(request)
-    outcome = await st.queue.cancel(model, record.id)
-    record = await st.queue.record(model, record.id) or record
+    outcome = await st.jobs.cancel(model, record.id)
+    record = await st.jobs.record(model, record.id) or record
     body = job_view(record)
     body["cancel"] = outcome  # 'cancelled' now, 'cancelling' (running), or the final status
     return web.json_response(body)

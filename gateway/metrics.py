@@ -1,9 +1,10 @@
-"""Gateway metrics: the seed's names first (http_requests_total with method,
-endpoint and code; http_request_duration_seconds; proxy_active_jobs,
-proxy_queued_jobs, proxy_capacity), then what vLLM users expect.
+"""Gateway metrics: first the names existing dashboards and alerts use
+(http_requests_total with method, endpoint and code;
+http_request_duration_seconds; proxy_active_jobs, proxy_queued_jobs,
+proxy_capacity), then what vLLM users expect.
 
 The proxy_* gauges describe the whole cluster, so they are read from Redis at
-scrape time (the seed's alerts divide one by another), not kept per process.
+scrape time (the alerts divide one by another), not kept per process.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from prometheus_client import (
 from redis.exceptions import RedisError
 
 from gateway import state
-from streamworker import keys
-from streamworker.queue import model_keys
 
 if TYPE_CHECKING:
     from gateway.errors import Handler
@@ -76,12 +75,7 @@ class GatewayMetrics:
         self.active.set(sum(w.active for w in workers))
         self.capacity.set(sum(w.slots for w in workers))
         self.workers.set(len(workers))
-        models = [m.decode() for m in await st.redis.smembers(keys.MODELS)]
-        if models:
-            depths = await st.redis.mget([model_keys(m).queued for m in models])
-            self.queued.set(sum(int(d or 0) for d in depths))
-        else:
-            self.queued.set(0)
+        self.queued.set(sum((await st.jobs.queued_depths()).values()))
 
 
 def route_label(request: web.Request) -> str:

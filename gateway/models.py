@@ -7,8 +7,8 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.errors import ModelNotFound, ServiceUnavailable
-from streamworker import keys
-from streamworker.registry import WorkerInfo, live_workers
+from streamworker.protocol import keys
+from streamworker.protocol.registry import WorkerInfo, live_workers
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

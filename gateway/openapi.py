@@ -4,11 +4,10 @@ interactive UI, so nothing loads scripts from a CDN."""
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
 from aiohttp import web
-
-from streamworker import __version__
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -111,7 +110,7 @@ DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
         "title": "streamworker gateway",
-        "version": __version__,
+        "version": version("streamworker"),
         "description": "OpenAI-compatible completions served from a Redis Streams queue.",
     },
     "components": {

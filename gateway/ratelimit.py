@@ -1,5 +1,5 @@
 """Per-API-key rate limits: requests and tokens per minute, shared by every
-gateway process through one Lua step in Redis (streamworker/lua/ratelimit.lua).
+gateway process through one Lua step in Redis (streamworker/protocol/lua/ratelimit.lua).
 
 Token accounting: a request reserves, at admission, its prompt tokens (exact
 when the gateway has the model's vocabulary, else an estimate, see
@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from gateway import state
 from gateway.auth import API_KEY
 from gateway.errors import BadRequest, RateLimited, ServiceUnavailable
-from streamworker import keys
+from streamworker.protocol import keys
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from gateway.settings import GatewaySettings
 
 # Response headers for this request, added when the response is prepared
-# (gateway/headers.py), so streamed responses get them too.
+# (request_id.add_response_headers), so streamed responses get them too.
 HEADERS = "ratelimit_headers"
 
 
@@ -104,7 +104,7 @@ async def admit(request: web.Request, cost_tokens: int) -> None:
         )
     who = subject(request)
     try:
-        raw = await st.queue.scripts.ratelimit(
+        raw = await st.scripts.ratelimit(
             keys=[keys.ratelimit(who, "requests"), keys.ratelimit(who, "tokens")],
             args=[rpm, tpm, cost_tokens],
         )

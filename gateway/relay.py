@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from gateway.hub import RESYNC
-from streamworker.events import End, LogEntry, Status, Tokens, decode_event
-from streamworker.jobs import JobStatus
-from streamworker.queue import Queue
+from streamworker.protocol.outcomes import EndCode, JobStatus
+from streamworker.protocol.wire import End, LogEntry, Status, Tokens, decode_event
+
+if TYPE_CHECKING:
+    from streamworker.protocol.client import JobClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,19 +43,18 @@ Item = Text | Status | End | Idle
 class Relay:
     def __init__(
         self,
-        queue: Queue,
+        jobs: JobClient,
         model: str,
         job_id: str,
         inbox: asyncio.Queue[bytes],
         *,
-        start_seq: int = 0,
         keepalive: float = 5.0,
     ) -> None:
-        self.queue = queue
+        self.jobs = jobs
         self.model = model
         self.job_id = job_id
         self.inbox = inbox
-        self.next_seq = start_seq
+        self.next_seq = 0
         self.keepalive = keepalive
         self.status = JobStatus.QUEUED.value
         # Set for a job that may have ended already (events endpoint, a
@@ -68,27 +70,15 @@ class Relay:
         return Text(self.next_seq - 1, "".join(e.text for e in fresh))
 
     async def _catch_up(self) -> Text | None:
-        entries = await self.queue.log(self.model, self.job_id, self.next_seq)
+        entries = await self.jobs.log(self.model, self.job_id, self.next_seq)
         return self._take(self.next_seq, entries) if entries else None
 
     async def _end_from_record(self) -> End | None:
-        record = await self.queue.record(self.model, self.job_id)
+        record = await self.jobs.record(self.model, self.job_id)
         if record is None:
-            return End(status="failed", code="not_found", message="the job record is gone")
+            return End(status=JobStatus.FAILED.value, code=EndCode.RECORD_GONE.value)
         self.status = record.status.value
-        if not record.status.terminal:
-            return None
-        return End(
-            status=record.status.value,
-            finish_reason=record.finish_reason or None,
-            prompt_tokens=record.prompt_tokens,
-            completion_tokens=record.completion_tokens,
-            code=record.error_code
-            or {"failed": "job_failed", "expired": "timeout", "cancelled": "cancelled"}.get(
-                record.status.value
-            ),
-            message=record.error,
-        )
+        return record.end()
 
     async def __aiter__(self) -> AsyncIterator[Item]:
         # Whatever the log holds already (a resumed or duplicate request).

@@ -1,6 +1,6 @@
 """X-Request-ID: accepted from the client (or a proxy) or generated, returned on
 every response, and put on every log line of the request's path through the
-`request_id` context variable (streamworker/logs.py). One access-log line per
+`request_id` context variable (streamworker/protocol/logs.py). One access-log line per
 request, with the key's name, never the key."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.auth import API_KEY
 from gateway.ratelimit import HEADERS as RATELIMIT_HEADERS
-from streamworker import logs
+from streamworker.protocol import logs
 
 if TYPE_CHECKING:
     from gateway.errors import Handler

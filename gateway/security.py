@@ -27,7 +27,7 @@ from gateway.request_id import (
     add_response_headers,
     request_id_middleware,
 )
-from streamworker import logs
+from streamworker.protocol import logs
 
 if TYPE_CHECKING:
     from gateway.auth import Middleware
@@ -89,7 +89,10 @@ async def admit(app: web.Application, job: ChatJob, job_id: str) -> ChatJob:
     caller's rate limits must have room for prompt + max_tokens. Returns the
     job carrying the request id, so the worker logs it too."""
     logs.job_id.set(job_id)
-    prompt_tokens = await app[CONTEXT_WINDOW].prompt_tokens(app, job)
+    workers = [w for w in await state.of(app).models.workers() if w.model == job.model]
+    prompt_tokens = await app[CONTEXT_WINDOW].prompt_tokens(
+        workers, job.request.messages, job.request.params.max_tokens
+    )
     request = CURRENT_REQUEST.get()
     if request is not None:
         await ratelimit.admit(request, prompt_tokens + job.request.params.max_tokens)

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from streamworker.settings import PositiveFloat, PositiveInt
+from streamworker.protocol.settings import PositiveFloat, PositiveInt
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
@@ -28,10 +28,10 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     max_stop_sequences: PositiveInt = 4
     max_timeout_seconds: PositiveFloat = 3600.0
     # -- security (gateway/auth.py, ratelimit.py, cors.py; docs/operations.md) --
-    # The seed's switch: refuse requests without a valid Bearer key. Production
+    # Refuse requests without a valid Bearer key (OpenAI's own env name). Production
     # enforces keys whatever this says.
     openai_api_key_required: bool = False
-    # One plaintext key (the seed's compose file); hashed at start, never logged.
+    # One plaintext key (a single shared key); hashed at start, never logged.
     openai_api_key: str = ""
     # TOML file of many keys, stored as SHA-256 hashes with names and limits.
     api_keys_file: str = ""

@@ -14,14 +14,18 @@ if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
     from gateway.models import ModelDirectory
     from gateway.settings import GatewaySettings
-    from streamworker.queue import Queue
+    from streamworker.protocol.client import JobClient
+    from streamworker.protocol.scripts import Scripts
+    from streamworker.protocol.settings import QueueSettings
 
 
 @dataclass(eq=False)
 class GatewayState:
     settings: GatewaySettings
+    queue_settings: QueueSettings
     redis: Redis
-    queue: Queue
+    scripts: Scripts
+    jobs: JobClient
     hub: Hub
     models: ModelDirectory
     metrics: GatewayMetrics

@@ -10,22 +10,22 @@ import sys
 import anyio
 
 from streamworker import capacity as capacity_mod
-from streamworker.connections import connect
 from streamworker.engines import load_engine
-from streamworker.logs import setup_logging
+from streamworker.heartbeat import Heartbeat, engine_alive
 from streamworker.metrics import WorkerMetrics
-from streamworker.queue import Queue
-from streamworker.registry import Registry, engine_alive
-from streamworker.semaphore import GpuSemaphore
-from streamworker.settings import (
-    EngineSettings,
-    QdrantSettings,
+from streamworker.protocol import registry
+from streamworker.protocol.connections import connect
+from streamworker.protocol.consumer import JobConsumer
+from streamworker.protocol.logs import setup_logging
+from streamworker.protocol.scripts import Scripts
+from streamworker.protocol.settings import (
     QueueSettings,
     RedisSettings,
     SettingsError,
-    WorkerSettings,
     from_env,
 )
+from streamworker.semaphore import GpuSemaphore
+from streamworker.settings import EngineSettings, QdrantSettings, WorkerSettings
 from streamworker.worker import Worker
 
 log = logging.getLogger("streamworker")
@@ -44,12 +44,12 @@ async def run_worker(
     metrics = WorkerMetrics()
     metrics.capacity.set(cap.slots)
     redis = connect(redis_settings)
-    queue = Queue(redis, queue_settings)
-    registry = Registry(
+    consumer = JobConsumer(
         redis,
-        interval=worker_settings.worker_heartbeat_seconds,
-        gpu=cap.gpu,
-        engine=engine_settings.engine,
+        Scripts(redis),
+        queue_settings,
+        model=engine_settings.model_name,
+        name=worker_settings.name(),
     )
     # Every worker process on this GPU (or CPU host) shares one semaphore.
     semaphore = GpuSemaphore(
@@ -60,22 +60,36 @@ async def run_worker(
         lease_seconds=worker_settings.worker_semaphore_lease_seconds,
         poll_seconds=min(0.25, worker_settings.worker_block_ms / 1000),
     )
+
+    async def live_ids() -> set[str]:
+        return {w.id for w in await registry.live_workers(redis)}
+
     worker = Worker(
-        queue,
+        consumer,
         engine,
-        model=engine_settings.model_name,
-        consumer=worker_settings.name(),
         slots=cap.slots,
         block_ms=worker_settings.worker_block_ms,
         shutdown_grace=worker_settings.worker_shutdown_grace_seconds,
         metrics=metrics,
-        registry=registry,
         semaphore=semaphore,
+        live_workers=live_ids,
+    )
+    heartbeat = Heartbeat(
+        redis,
+        engine,
+        worker_id=consumer.name,
+        model=consumer.model,
+        slots=cap.slots,
+        active=lambda: len(worker.active),
+        interval=worker_settings.worker_heartbeat_seconds,
+        gpu=cap.gpu,
+        engine_name=engine_settings.engine,
+        chat_format=engine_settings.chat_format,
     )
     metrics.serve(
         worker_settings.worker_metrics_host,
         worker_settings.worker_metrics_port,
-        health=lambda: registry.health(worker),
+        health=heartbeat.health,
     )
     stop = anyio.Event()
     engine_died = False
@@ -102,17 +116,19 @@ async def run_worker(
 
         tg.start_soon(signals)
         tg.start_soon(watchdog)
+        tg.start_soon(heartbeat.run)
         log.info(
             "worker %s serving %s with engine %s",
-            worker.consumer,
+            worker.name,
             worker.model,
             engine_settings.engine,
         )
         await worker.run(stop=stop)
         tg.cancel_scope.cancel()
+    await heartbeat.withdraw()
     await redis.aclose()
     engine.close()
-    log.info("worker %s stopped after %d job(s)", worker.consumer, worker.jobs_done)
+    log.info("worker %s stopped after %d job(s)", worker.name, worker.jobs_done)
     return 1 if engine_died else 0
 
 

@@ -1,6 +1,6 @@
 """How many jobs a worker runs at once: WORKER_CONCURRENCY, or `auto`.
 
-`auto` does what the deployment guide (seed 003) asks operators to do by hand
+`auto` does the sizing operators otherwise do by hand
 with nvidia-smi: keep 30% of the card free, take off what the model and the
 runtime use, divide the rest by what one request needs:
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from streamworker.settings import EngineSettings
 
 GiB = 1 << 30
-HEADROOM = 0.7  # the seed's "30% reserve"
+HEADROOM = 0.7  # keep 30% of VRAM free for the runtime's own spikes
 # CUDA context, cuBLAS workspace and llama.cpp's compute buffers. Measured on
 # an H100: loading gemma-3-270m at n_ctx 4096 took 1.35 GiB, of which weights
 # 0.24 and KV cache 0.07; the rest is this overhead (it grows a little with
@@ -118,7 +118,7 @@ def read_gpu(nvml: ModuleType | None = None) -> GpuMemory | None:
 
 
 def gpu_slots(total: int, free: int, base: int, per_request: int) -> tuple[int, str]:
-    """The seed's rule, and the free-memory cap. Returns (slots, why)."""
+    """The sizing rule, and the free-memory cap. Returns (slots, why)."""
     by_rule = math.floor((total * HEADROOM - base) / per_request)
     by_free = math.floor((free * FREE_MARGIN - base) / per_request)
     slots = max(1, min(by_rule, by_free))

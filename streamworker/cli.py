@@ -7,30 +7,33 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from streamworker import keys
-from streamworker.connections import connect
-from streamworker.queue import Queue, model_keys
-from streamworker.registry import live_workers
+from streamworker.protocol import keys
+from streamworker.protocol.client import JobClient
+from streamworker.protocol.connections import connect
+from streamworker.protocol.keys import model_keys
+from streamworker.protocol.registry import live_workers
+from streamworker.protocol.scripts import Scripts
 from streamworker.semaphore import holders
-from streamworker.settings import QdrantSettings, QueueSettings, RedisSettings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from streamworker.protocol.settings import QueueSettings, RedisSettings
+    from streamworker.settings import QdrantSettings
 
 
 def _s(v: object) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-async def _models(queue: Queue, only: str | None) -> list[str]:
+async def _models(r: Redis, only: str | None) -> list[str]:
     if only:
         return [only]
-    return sorted(_s(m) for m in await queue.redis.smembers(keys.MODELS))
+    return sorted(_s(m) for m in await r.smembers(keys.MODELS))
 
 
-async def inspect(queue: Queue) -> None:
-    r = queue.redis
-    for model in await _models(queue, None):
+async def inspect(r: Redis) -> None:
+    for model in await _models(r, None):
         k = model_keys(model)
         print(f"== model {model}  stream {k.stream}")
         if not await r.exists(k.stream):
@@ -104,11 +107,11 @@ async def job_counts(r: Redis, k: keys.ModelKeys) -> dict[str, int]:
     return counts
 
 
-async def dead(queue: Queue, args: argparse.Namespace) -> int:
-    models = await _models(queue, args.model)
+async def dead(r: Redis, jobs: JobClient, args: argparse.Namespace) -> int:
+    models = await _models(r, args.model)
     if args.dead_command == "list":
         for model in models:
-            for entry_id, f in await queue.dead(model):
+            for entry_id, f in await jobs.dead(model):
                 print(
                     f"{model}\t{entry_id}\t{f.get('job_id')}\tattempts={f.get('attempts')}\t"
                     f"{f.get('reason')}"
@@ -118,9 +121,9 @@ async def dead(queue: Queue, args: argparse.Namespace) -> int:
     for model in models:
         ids = args.entry_ids
         if ids == ["all"]:
-            ids = [i for i, _ in await queue.dead(model, count=100000)]
+            ids = [i for i, _ in await jobs.dead(model, count=100000)]
         for dead_id in ids:
-            job_id = await queue.replay(model, dead_id)
+            job_id = await jobs.replay(model, dead_id)
             if job_id is None:
                 missing += 1
             else:
@@ -150,11 +153,10 @@ async def dispatch(
     args: argparse.Namespace, redis_settings: RedisSettings, queue_settings: QueueSettings
 ) -> int:
     redis = connect(redis_settings)
-    queue = Queue(redis, queue_settings)
     try:
         if args.command == "inspect":
-            await inspect(queue)
+            await inspect(redis)
             return 0
-        return await dead(queue, args)
+        return await dead(redis, JobClient(redis, Scripts(redis), queue_settings), args)
     finally:
         await redis.aclose()

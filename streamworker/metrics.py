@@ -1,6 +1,6 @@
 """Worker metrics, served on WORKER_METRICS_PORT (default 5345).
 
-Names follow what vLLM users know, under the streamworker_ prefix; the seed's
+Names follow what vLLM users know, under the streamworker_ prefix; the proxy's
 proxy_active_jobs and proxy_capacity describe this worker here (the gateway's
 /metrics gives the same names for the whole cluster).
 """

@@ -17,23 +17,18 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import TYPE_CHECKING
 
 import anyio
 from redis.exceptions import RedisError
 
-from streamworker import keys
+from streamworker.protocol import keys
+from streamworker.protocol.scripts import Scripts
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
 
 log = logging.getLogger("streamworker.semaphore")
-
-
-def _script(redis: Redis, name: str) -> AsyncScript:
-    return redis.register_script((resources.files("streamworker") / "lua" / name).read_text())
 
 
 @dataclass(eq=False)
@@ -70,8 +65,9 @@ class GpuSemaphore:
         self.poll_seconds = poll_seconds
         self.by_entry: dict[str, str] = {}  # running entry id -> its token
         self._fresh = True  # tokens of a previous life not yet cleared
-        self._acquire = _script(redis, "semaphore_acquire.lua")
-        self._renew = _script(redis, "semaphore_renew.lua")
+        scripts = Scripts(redis)
+        self._acquire = scripts.semaphore_acquire
+        self._renew = scripts.semaphore_renew
 
     def _token(self) -> str:
         # The owner name makes `ZRANGE` readable and lets a restarted worker

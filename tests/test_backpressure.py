@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import redis as redis_sync
 
-from streamworker import keys
+from streamworker.protocol import keys
 from tests.conftest import ECHO
 
 SLOW = {**ECHO, "ECHO_TOKEN_INTERVAL_MS": "50"}

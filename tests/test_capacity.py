@@ -1,4 +1,4 @@
-"""WORKER_CONCURRENCY=auto: the seed's sizing rule, with NVML real (absent on
+"""WORKER_CONCURRENCY=auto: the VRAM sizing rule, with NVML real (absent on
 this machine) and faked at the pynvml boundary, against GGUF headers."""
 
 from __future__ import annotations
@@ -71,9 +71,9 @@ class FakeNvml(types.ModuleType):
 
 
 def big_model(tmp_path: Path) -> Path:
-    """7 GiB of weights (+1 GiB runtime = the seed's 8 GiB base) and a KV
+    """7 GiB of weights (+1 GiB runtime = an 8 GiB base) and a KV
     cache of 48 layers x 8 heads x (128 + 128) x 2 bytes = 192 KiB a token:
-    12 GiB per request at n_ctx 65536 (the seed's 12 GB per request)."""
+    12 GiB per request at n_ctx 65536 (12 GB per request)."""
     return write_gguf(
         tmp_path / "big.gguf",
         {

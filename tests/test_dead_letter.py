@@ -64,17 +64,19 @@ def test_permanent_error_fails_at_once_without_retry(start_worker, redis_url, r)
     import anyio
     from redis.asyncio import Redis
 
-    from streamworker.engines.base import GenerationParams, Message
-    from streamworker.jobs import JobRequest
-    from streamworker.queue import Queue
-    from streamworker.settings import QueueSettings
+    from streamworker.protocol.client import JobClient
+    from streamworker.protocol.scripts import Scripts
+    from streamworker.protocol.settings import QueueSettings
+    from streamworker.protocol.wire import GenerationParams, JobRequest, Message
 
     start_worker(name="tiny-ctx", MODEL_N_CTX="64")
 
     async def submit() -> None:
         redis = Redis.from_url(redis_url)
-        q = Queue(redis, QueueSettings())
-        req = JobRequest([Message("user", "word " * 200)], GenerationParams(max_tokens=8))
+        q = JobClient(redis, Scripts(redis), QueueSettings())
+        req = JobRequest(
+            messages=[Message("user", "word " * 200)], params=GenerationParams(max_tokens=8)
+        )
         await q.enqueue("gemma-3-270m", "too-long", req)
         await redis.aclose()
 

@@ -16,16 +16,10 @@ import llama_cpp
 import llama_cpp.llama_cpp
 import pytest
 
-from streamworker.engines.base import (
-    ContextLengthExceeded,
-    Done,
-    Engine,
-    GenerationParams,
-    Message,
-    Piece,
-)
+from streamworker.engines.base import ContextLengthExceeded, Done, Engine, Piece
 from streamworker.engines.batched import BatchedEngine
 from streamworker.engines.llama import LlamaEngine
+from streamworker.protocol.wire import GenerationParams, Message
 from streamworker.settings import EngineSettings
 from tests.conftest import client_for
 

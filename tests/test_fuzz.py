@@ -1,4 +1,4 @@
-"""Property-based fuzzing of every endpoint (issue 6): thousands of malformed
+"""Property-based fuzzing of every endpoint: thousands of malformed
 and hostile bodies and headers against a real gateway process on loopback,
 with a real redis-server and an echo worker. Properties: never a 5xx, every
 error an OpenAI-shaped body, an X-Request-ID on every response, no job

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import types
 from pathlib import Path
 
 import httpx
 from redis.asyncio import Redis
 
-from streamworker import keys
-from streamworker.registry import Registry
+from streamworker.heartbeat import Heartbeat, engine_alive
+from streamworker.protocol import keys
 from tests.conftest import ECHO
 from tests.harness import Gateway, RedisServer, Worker, free_port, wait_for
 
@@ -95,20 +94,27 @@ def test_a_dead_engine_stops_heartbeating(redis_url: str) -> None:
     async def main() -> None:
         r = Redis.from_url(redis_url)
         engine = DyingEngine()
-        worker = types.SimpleNamespace(consumer="wd", model="m", slots=1, active={}, engine=engine)
-        registry = Registry(r, interval=0.05)
-        beats = asyncio.create_task(registry.heartbeat_loop(worker))  # type: ignore[arg-type]
+        heartbeat = Heartbeat(
+            r,
+            engine,  # type: ignore[arg-type]
+            worker_id="wd",
+            model="m",
+            slots=1,
+            active=lambda: 0,
+            interval=0.05,
+        )
+        beats = asyncio.create_task(heartbeat.run())
         async with asyncio.timeout(10):
             while True:  # the first heartbeat landed, and its task saw the reply
-                if await r.exists(keys.worker("wd")) and registry.last_beat:
+                if await r.exists(keys.worker("wd")) and heartbeat.last_beat:
                     break
                 await asyncio.sleep(0.01)
-        assert registry.health(worker) is None  # type: ignore[arg-type]
+        assert heartbeat.health() is None
         engine.running = False
         await asyncio.wait_for(beats, timeout=10)  # the loop ends by itself
         assert not await r.exists(keys.worker("wd"))
         assert await r.zscore(keys.WORKERS, "wd") is None
-        assert registry.health(worker) == "engine stopped"  # type: ignore[arg-type]
+        assert heartbeat.health() == "engine stopped"
         await r.aclose()
 
     asyncio.run(main())
@@ -116,7 +122,6 @@ def test_a_dead_engine_stops_heartbeating(redis_url: str) -> None:
 
 def test_batched_engine_reports_its_decode_thread() -> None:
     from streamworker.engines.batched import BatchedEngine
-    from streamworker.registry import engine_alive
     from streamworker.settings import EngineSettings
 
     engine = BatchedEngine(EngineSettings(engine="batched", model_n_ctx=256, slots=1))

@@ -1,4 +1,4 @@
-"""Every metric the seed and the issue name, scraped from the real gateway and
+"""Every metric the dashboards and alerts read, scraped from the real gateway and
 worker, parsed with prometheus_client's parser, and seen to move."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The ops files, checked without Docker: YAML that loads and says what the
-seed asks, alert rules exactly as the seed wrote them and unit-tested with
+deployment needs, alert rules exactly as the original proxy's guide wrote them and unit-tested with
 promtool, an nginx config that nginx accepts and that really streams and
 rate-limits in front of a real gateway, systemd units that systemd accepts."""
 
@@ -23,7 +23,7 @@ from tests.harness import ROOT, free_port, wait_for
 
 OPS = ROOT / "ops"
 
-# Seed 003, "AlertManager правила", word for word.
+# The original Ollama proxy guide's alert rules ("AlertManager правила"), word for word.
 SEED_RULES = [
     {
         "alert": "HighUtilization",
@@ -89,9 +89,9 @@ def test_compose_file() -> None:
     assert "./redis.conf:/usr/local/etc/redis/redis.conf:ro" in services["redis"]["volumes"]
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
-    assert services["worker"]["profiles"] == ["worker"]  # the seed's --profile worker
+    assert services["worker"]["profiles"] == ["worker"]  # started with --profile worker
     assert services["worker"]["environment"]["WORKER_CONCURRENCY"] == "auto"
-    assert "18080:8080" in services["gateway"]["ports"]  # the seed's curl port
+    assert "18080:8080" in services["gateway"]["ports"]  # the port the guide's curl examples use
     # Docker Compose itself parses it (the v1 CLI can; no daemon needed).
     if shutil.which("docker-compose"):
         env = {**os.environ, "API_KEY": "test"}

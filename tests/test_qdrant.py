@@ -11,7 +11,8 @@ import pytest
 from qdrant_client.models import Distance, VectorParams
 
 from streamworker import qdrant
-from streamworker.settings import QdrantSettings, from_env
+from streamworker.protocol.settings import from_env
+from streamworker.settings import QdrantSettings
 from tests.harness import ROOT, free_port
 
 

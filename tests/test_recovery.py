@@ -11,11 +11,11 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from streamworker.engines.base import GenerationParams, Message
-from streamworker.events import LogEntry
-from streamworker.jobs import JobRequest
-from streamworker.queue import Queue
-from streamworker.settings import QueueSettings
+from streamworker.protocol.client import JobClient
+from streamworker.protocol.consumer import JobConsumer
+from streamworker.protocol.scripts import Scripts
+from streamworker.protocol.settings import QueueSettings
+from streamworker.protocol.wire import End, GenerationParams, JobRequest, LogEntry, Message
 from tests.conftest import ECHO, client_for
 from tests.harness import wait_for
 
@@ -154,29 +154,33 @@ async def test_stale_worker_result_is_refused(redis_url):
     """Worker A stalls past its lease; B reclaims (attempt 2). A's late tokens,
     lease refresh and result are all refused; B's are accepted."""
     redis = Redis.from_url(redis_url)
-    q = Queue(redis, QueueSettings(job_lease_seconds=0.2))
+    settings = QueueSettings(job_lease_seconds=0.2)
+    scripts = Scripts(redis)
+    client = JobClient(redis, scripts, settings)
+    a = JobConsumer(redis, scripts, settings, model="m", name="A")
+    b = JobConsumer(redis, scripts, settings, model="m", name="B")
     try:
-        await q.ensure_group("m")
-        req = JobRequest([Message("user", "hi")], GenerationParams(max_tokens=4))
-        job_id, _ = await q.enqueue("m", "job-1", req)
-        (entry,) = await q.read("m", "A", 1, None)
-        started_a = await q.start("m", entry, "A")
+        await a.ensure_group()
+        req = JobRequest(messages=[Message("user", "hi")], params=GenerationParams(max_tokens=4))
+        job_id, _ = await client.enqueue("m", "job-1", req)
+        (entry,) = await a.read(1, None)
+        started_a = await a.start(entry)
         assert started_a.attempt == 1
-        assert await q.append("m", job_id, 1, 0, [LogEntry(5, "x ")]) == "ok"
+        assert await a.append(job_id, 1, 0, [LogEntry(5, "x ")]) == "ok"
         await anyio.sleep(0.3)  # A stalls past its lease
-        (taken,) = await q.reclaim("m", "B", 1)
-        started_b = await q.start("m", taken, "B")
+        (taken,) = await b.reclaim(1)
+        started_b = await b.start(taken)
         assert started_b.attempt == 2
         assert [e.text for e in started_b.logged] == ["x "]  # B resumes after A's prefix
-        assert await q.append("m", job_id, 1, 1, [LogEntry(6, "late ")]) == "stale"
-        assert await q.refresh("m", "A", [entry.entry_id]) == {entry.entry_id}
-        end = b'{"type":"end","status":"completed"}'
-        assert not await q.finish("m", entry, 1, "completed", end, {"text": "stale"})
-        assert await q.append("m", job_id, 2, 1, [LogEntry(6, "y ")]) == "ok"
-        assert await q.finish("m", taken, 2, "completed", end, {"text": "x y "})
-        record = await q.record("m", job_id)
+        assert await a.append(job_id, 1, 1, [LogEntry(6, "late ")]) == "stale"
+        assert await a.refresh([entry.entry_id]) == {entry.entry_id}
+        end = End(status="completed")
+        assert not await a.finish(entry, 1, end, {"text": "stale"})
+        assert await b.append(job_id, 2, 1, [LogEntry(6, "y ")]) == "ok"
+        assert await b.finish(taken, 2, end, {"text": "x y "})
+        record = await client.record("m", job_id)
         assert record.status == "completed" and record.text == "x y "
-        assert [e.text for e in await q.log("m", job_id)] == ["x ", "y "]
+        assert [e.text for e in await client.log("m", job_id)] == ["x ", "y "]
         assert (await redis.xpending("sw:{m}:jobs", "workers"))["pending"] == 0
     finally:
         await redis.aclose()
@@ -188,7 +192,7 @@ def anyio_backend() -> str:
 
 
 def test_worker_restart_recovers_own_pending(start_gateway, start_worker, r):
-    """The seed's RecoverJobs: a worker killed and restarted under the same
+    """A worker killed and restarted under the same
     name takes its own pending job back at once, not after a lease."""
     env = {**ECHO, "JOB_LEASE_SECONDS": "30", "ECHO_TOKEN_INTERVAL_MS": "20"}
     worker = start_worker(name="solo", **env)

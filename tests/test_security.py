@@ -1,4 +1,4 @@
-"""Security and hardening (issue 6): API keys, per-key rate limits, production
+"""Security and hardening: API keys, per-key rate limits, production
 mode, CORS, request ids and what the logs may hold, context length before
 enqueue, Redis with a password and with TLS. Real redis-server, real gateway
 and worker processes, the `openai` client."""
@@ -543,7 +543,7 @@ def test_openapi_document_covers_every_route():
     from gateway.app import create_app
     from gateway.openapi import DOCUMENT
     from gateway.settings import GatewaySettings
-    from streamworker.settings import QueueSettings, RedisSettings
+    from streamworker.protocol.settings import QueueSettings, RedisSettings
 
     app = create_app(GatewaySettings(), RedisSettings(), QueueSettings())
     routes = {

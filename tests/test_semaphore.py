@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import redis as redis_sync
 from redis.asyncio import Redis
 
-from streamworker import keys
+from streamworker.protocol import keys
 from streamworker.semaphore import GpuSemaphore, holders
 from tests.conftest import ECHO, client_for
 from tests.harness import wait_for

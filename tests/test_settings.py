@@ -9,13 +9,8 @@ import sys
 import pytest
 
 from gateway.settings import GatewaySettings
-from streamworker.settings import (
-    EngineSettings,
-    QueueSettings,
-    SettingsError,
-    WorkerSettings,
-    from_env,
-)
+from streamworker.protocol.settings import QueueSettings, SettingsError, from_env
+from streamworker.settings import EngineSettings, WorkerSettings
 from tests.harness import ROOT
 
 

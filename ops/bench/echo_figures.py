@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ops.bench import load, stack
-from streamworker.engines.base import Done, GenerationParams, Message, Piece
+from streamworker.engines.base import Done, Piece
 from streamworker.engines.echo import EchoEngine
+from streamworker.protocol.wire import GenerationParams, Message
 from streamworker.settings import EngineSettings
 
 PROMPT = "alpha beta gamma delta epsilon zeta eta theta"

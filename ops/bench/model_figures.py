@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ops.bench import load, stack
-from streamworker.engines.base import GenerationParams, Message, Piece
-from streamworker.engines.chat_template import renderer
+from streamworker.engines.base import Piece
+from streamworker.protocol.wire import GenerationParams, Message
+from streamworker.tokenizer import renderer
 
 # Different prompts, each of which runs to max_tokens on the bundled base
 # model at temperature 0 (no early end of turn), so every stream does the

@@ -109,7 +109,7 @@ def _goal(ok: bool | None, what: str) -> str:
 
 
 def verdicts(results: dict[str, Any]) -> list[str]:
-    """Each goal of issue 5 against this run's figures."""
+    """Each speed goal against this run's figures."""
     lat, relay, m, cpp = (results[k] for k in ("latency", "relay", "model", "cpp"))
     base = m["inproc_highlevel"].tok_s
     by_name = {s.name: s for s in m["singles"]}
@@ -125,7 +125,7 @@ def verdicts(results: dict[str, Any]) -> list[str]:
 
     top = max(relay, key=lambda r: r.clients) if relay else None
     cpp_tg = cpp.get("tg_tok_s") if cpp.get("measured") else None
-    lines = ["## Goals of issue 5 in this run", ""]
+    lines = ["## Speed goals in this run", ""]
     lines.append(
         _goal(
             lat["added_p50_ms"] <= 2 and lat["added_p99_ms"] <= 5,

@@ -18,6 +18,8 @@ from typing import Protocol
 import anyio
 import msgspec
 
+from streamworker.protocol.wire import GenerationParams, Message
+
 
 class EngineError(Exception):
     """The engine could not run this request (bad prompt, engine fault)."""
@@ -32,19 +34,6 @@ class ContextLengthExceeded(EngineError):
 
     permanent = True
     code = "context_length_exceeded"
-
-
-class Message(msgspec.Struct, frozen=True):
-    role: str
-    content: str
-
-
-class GenerationParams(msgspec.Struct, frozen=True):
-    max_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int = 0
 
 
 class Piece(msgspec.Struct, frozen=True, array_like=True):

@@ -37,15 +37,13 @@ from streamworker.engines.base import (
     ContextLengthExceeded,
     Done,
     EngineError,
-    GenerationParams,
-    Message,
     Piece,
     TextAssembler,
 )
-from streamworker.engines.chat_template import renderer
-from streamworker.engines.llama import quiet_llama_logs
 from streamworker.engines.model_file import resolve_model_path
+from streamworker.protocol.wire import GenerationParams, Message
 from streamworker.settings import EngineSettings
+from streamworker.tokenizer import PromptBuilder, quiet_llama_logs
 
 # Prompt tokens decoded between two generating steps. A decode's time grows
 # with its token count, so this bounds how long a joining prompt delays the
@@ -133,9 +131,7 @@ class BatchedEngine:
         # A GPU rounds by batch size anyway and lives on wide batches.
         self.max_rows = N_BATCH if on_gpu or not batch_invariant else CPU_MAX_ROWS
         self.batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
-        eos = self._piece_special(self.model.token_eos())
-        bos = self._piece_special(self.model.token_bos())
-        self.render = renderer(self.model.metadata(), eos, bos, settings.chat_format)
+        self.prompts = PromptBuilder(self.model, settings.chat_format)
 
         self._lock = threading.Condition()
         self._waiting: deque[_Seq] = deque()
@@ -151,15 +147,8 @@ class BatchedEngine:
     def n_ctx(self) -> int:
         return self._n_ctx
 
-    def _piece_special(self, token: int) -> str:
-        return self.model.detokenize([token], special=True).decode("utf-8", errors="ignore")
-
-    def prompt_tokens(self, messages: Sequence[Message]) -> tuple[list[int], list[str]]:
-        prompt, stops = self.render(messages)
-        return self.model.tokenize(prompt.encode(), add_bos=True, special=True), stops
-
     def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
-        return len(self.prompt_tokens(messages)[0])
+        return self.prompts.count(messages)
 
     def _prepare(
         self,
@@ -169,7 +158,7 @@ class BatchedEngine:
         cancel: threading.Event,
         emit: Emit,
     ) -> _Seq:
-        prompt, template_stops = self.prompt_tokens(messages)
+        prompt, template_stops = self.prompts.tokens(messages)
         if len(prompt) + params.max_tokens > self._n_ctx:
             raise ContextLengthExceeded(
                 f"{len(prompt)} prompt tokens + max_tokens {params.max_tokens} exceed "
@@ -240,7 +229,7 @@ class BatchedEngine:
     def alive(self) -> bool:
         """False once the decode thread is gone (nothing would ever decode
         again): the worker then stops heartbeating and exits to be restarted
-        (streamworker.registry.engine_alive)."""
+        (streamworker.heartbeat.engine_alive)."""
         return self._thread.is_alive()
 
     def close(self) -> None:

@@ -20,12 +20,11 @@ import anyio
 from streamworker.engines.base import (
     Done,
     EngineError,
-    GenerationParams,
-    Message,
     Piece,
     TextAssembler,
     ThreadedEngine,
 )
+from streamworker.protocol.wire import GenerationParams, Message
 from streamworker.settings import EngineSettings
 
 

@@ -17,25 +17,14 @@ from llama_cpp import Llama
 from streamworker.engines.base import (
     ContextLengthExceeded,
     Done,
-    GenerationParams,
-    Message,
     Piece,
     TextAssembler,
     ThreadedEngine,
 )
-from streamworker.engines.chat_template import renderer
 from streamworker.engines.model_file import resolve_model_path
+from streamworker.protocol.wire import GenerationParams, Message
 from streamworker.settings import EngineSettings
-
-
-@llama_cpp.llama_log_callback
-def _quiet_log(level: int, text: bytes, user_data: object) -> None:
-    """llama.cpp's own logging is noise at INFO; (and a Python callback
-    avoids a crash seen with the default one on some CUDA builds)."""
-
-
-def quiet_llama_logs() -> None:
-    llama_cpp.llama_log_set(_quiet_log, None)
+from streamworker.tokenizer import PromptBuilder, quiet_llama_logs
 
 
 class LlamaEngine(ThreadedEngine):
@@ -51,12 +40,7 @@ class LlamaEngine(ThreadedEngine):
             n_gpu_layers=settings.model_n_gpu_layers,
             verbose=False,
         )
-        eos = self._piece(self.llm.token_eos())
-        bos = self._piece(self.llm.token_bos())
-        self.render = renderer(self.llm.metadata, eos, bos, settings.chat_format)
-
-    def _piece(self, token: int) -> str:
-        return self.llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
+        self.prompts = PromptBuilder(self.llm._model, settings.chat_format)
 
     @property
     def n_ctx(self) -> int:  # type: ignore[override]
@@ -64,12 +48,8 @@ class LlamaEngine(ThreadedEngine):
         # keeps the size asked for: the smaller one is the real limit.
         return min(self.llm.n_ctx(), len(self.llm.input_ids))
 
-    def prompt_tokens(self, messages: Sequence[Message]) -> tuple[list[int], list[str]]:
-        prompt, stops = self.render(messages)
-        return self.llm.tokenize(prompt.encode(), add_bos=True, special=True), stops
-
     def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
-        return len(self.prompt_tokens(messages)[0])
+        return self.prompts.count(messages)
 
     def _generate_sync(
         self,
@@ -78,7 +58,7 @@ class LlamaEngine(ThreadedEngine):
         resume: Sequence[Piece],
         cancel: threading.Event,
     ) -> Iterator[Piece | Done]:
-        prompt, template_stops = self.prompt_tokens(messages)
+        prompt, template_stops = self.prompts.tokens(messages)
         done_tokens = [p.token for p in resume if p.token >= 0]
         if len(prompt) + params.max_tokens > self.n_ctx:
             raise ContextLengthExceeded(

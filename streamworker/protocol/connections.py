@@ -7,7 +7,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
-from streamworker.settings import RedisSettings
+from streamworker.protocol.settings import RedisSettings
 
 RETRY_ON = (ConnectionError, TimeoutError, BusyLoadingError, ConnectionResetError, OSError)
 POOL_WAIT_SECONDS = 10.0

@@ -1,37 +1,14 @@
-"""The job: what a client asked for, its status, and its record in Redis."""
+"""The job record: a Redis hash per job (keys.ModelKeys.job), decoded."""
 
 from __future__ import annotations
 
-import enum
 import time
 import uuid
 
 import msgspec
 
-from streamworker.engines.base import GenerationParams, Message
-
-
-class JobStatus(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"
-
-    @property
-    def terminal(self) -> bool:
-        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
-
-
-class JobRequest(msgspec.Struct, frozen=True):
-    """The stream entry's `payload`: everything a worker needs to run the job."""
-
-    messages: list[Message]
-    params: GenerationParams
-    # The gateway's X-Request-ID, so the worker's log lines for this job carry
-    # it too (streamworker/logs.py). Not secret, not the prompt.
-    request_id: str = ""
+from streamworker.protocol.outcomes import STATUS_CODES, JobStatus
+from streamworker.protocol.wire import End, JobKind
 
 
 class JobRecord(msgspec.Struct, kw_only=True):
@@ -42,6 +19,10 @@ class JobRecord(msgspec.Struct, kw_only=True):
     model: str
     created_at: int
     deadline: int
+    kind: JobKind = JobKind.CHAT
+    # The API key's name that created the job ("" when keys are not in use):
+    # only that key may read, stream or cancel it.
+    owner: str = ""
     attempt: int = 0
     failures: int = 0
     started_at: int | None = None
@@ -61,6 +42,24 @@ class JobRecord(msgspec.Struct, kw_only=True):
         keep = {k: v for k, v in fields.items() if k in cls.__struct_fields__}
         keep["id"] = job_id
         return msgspec.convert(keep, cls, strict=False)
+
+    def visible_to(self, owner: str) -> bool:
+        """A job made under an API key belongs to that key alone."""
+        return not self.owner or self.owner == owner
+
+    def end(self) -> End | None:
+        """The End event a terminal record stands for (None while it runs)."""
+        if not self.status.terminal:
+            return None
+        code = self.error_code or STATUS_CODES.get(self.status)
+        return End(
+            status=self.status.value,
+            finish_reason=self.finish_reason or None,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            code=str(code) if code else None,
+            message=self.error,
+        )
 
 
 def new_job_id() -> str:

@@ -13,27 +13,27 @@ if not status then
   -- Record gone (expired long ago): nothing to run, drop the entry.
   redis.call('XACK', stream, group, entry)
   redis.call('XDEL', stream, entry)
-  return {'skip', 'gone'}
+  return {R.skip, R.gone}
 end
 if TERMINAL[status] then
   redis.call('XACK', stream, group, entry)
   redis.call('XDEL', stream, entry)
-  return {'skip', status}
+  return {R.skip, status}
 end
 if job[2] == '1' then
   leave_queued(queued, status)
-  finalize(rec, log, chan, stream, group, entry, 'cancelled', now, ttl, {},
-    error_event('cancelled', 'cancelled', 'the job was cancelled'))
-  return {'skip', 'cancelled'}
+  finalize(rec, log, chan, stream, group, entry, S.cancelled, now, ttl, {},
+    error_event(S.cancelled, CODE.cancelled))
+  return {R.skip, S.cancelled}
 end
 if tonumber(job[3]) <= tonumber(now) then
   leave_queued(queued, status)
-  finalize(rec, log, chan, stream, group, entry, 'expired', now, ttl, {},
-    error_event('expired', 'timeout', 'the job reached its deadline before it finished'))
-  return {'skip', 'expired'}
+  finalize(rec, log, chan, stream, group, entry, S.expired, now, ttl, {},
+    error_event(S.expired, CODE.timeout))
+  return {R.skip, S.expired}
 end
 local failures = tonumber(job[4] or '0')
-if status == 'running' then
+if status == S.running then
   -- Still `running` means the last owner died without a word: a stall.
   failures = redis.call('HINCRBY', rec, 'failures', 1)
   redis.call('HSET', rec, 'last_error', 'worker lost (lease expired)')
@@ -42,12 +42,12 @@ if failures >= max_attempts then
   leave_queued(queued, status)
   dead_letter(rec, log, chan, stream, group, dead, entry, now, ttl,
     'failed ' .. failures .. ' times (max attempts ' .. max_attempts .. ')')
-  return {'skip', 'dead'}
+  return {R.skip, R.dead}
 end
 leave_queued(queued, status)
 local attempt = redis.call('HINCRBY', rec, 'attempt', 1)
-redis.call('HSET', rec, 'status', 'running', 'worker', consumer, 'entry_id', entry, 'heartbeat_at', now)
+redis.call('HSET', rec, 'status', S.running, 'worker', consumer, 'entry_id', entry, 'heartbeat_at', now)
 redis.call('HSETNX', rec, 'started_at', now)
-redis.call('PUBLISH', chan, cjson.encode({type = 'status', status = 'running', attempt = attempt}))
+redis.call('PUBLISH', chan, cjson.encode({type = 'status', status = S.running, attempt = attempt}))
 -- The deadline and creation time too: the worker needs no separate read.
-return {'run', tostring(attempt), tostring(redis.call('LLEN', log)), job[3], job[5] or '0'}
+return {R.run, tostring(attempt), tostring(redis.call('LLEN', log)), job[3], job[5] or '0'}

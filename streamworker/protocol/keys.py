@@ -8,6 +8,7 @@ streams shard by model when a deployment moves to Redis Cluster.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 PREFIX = "sw"
 GROUP = "workers"
@@ -60,9 +61,16 @@ class ModelKeys:
             self.dead,
         ]
 
-    def idempotency(self, key: str) -> str:
-        """Idempotency-Key -> job id, so a retried POST returns the same job."""
-        return f"{self.t}:idem:{key}"
+    def idempotency(self, owner: str, key: str) -> str:
+        """(owner, Idempotency-Key) -> job id, so a retried POST returns the same
+        job. Scoped by owner: another API key's equal header is another job."""
+        return f"{self.t}:idem:{owner}:{key}"
+
+
+@lru_cache(maxsize=1024)
+def model_keys(model: str) -> ModelKeys:
+    """The keys of a model's queue (cached: built on every request)."""
+    return ModelKeys(model)
 
 
 def job_model(job_id: str) -> str:

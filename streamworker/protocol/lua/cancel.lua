@@ -1,24 +1,19 @@
 -- Cancel a job: a queued one ends now (its entry is skipped when read); a
 -- running one is flagged, and its worker stops at its next token.
 -- KEYS: record, log, channel, queued
--- ARGV: now_ms, ttl, reason ('cancelled' or 'expired')
+-- ARGV: now_ms, ttl, the status to end a queued job with (S.cancelled or S.expired)
 local rec, log, chan, queued = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local status = redis.call('HGET', rec, 'status')
-if not status then return 'missing' end
+if not status then return R.missing end
 if TERMINAL[status] then return status end
-if status == 'queued' then
+if status == S.queued then
   leave_queued(queued, status)
-  local message = 'the job was cancelled'
-  local code = 'cancelled'
-  if ARGV[3] == 'expired' then
-    message = 'the job reached its deadline before a worker took it'
-    code = 'timeout'
-  end
-  finalize(rec, log, chan, '', '', '', ARGV[3], ARGV[1], ARGV[2], {},
-    error_event(ARGV[3], code, message))
+  local code = CODE.cancelled
+  if ARGV[3] == S.expired then code = CODE.timeout end
+  finalize(rec, log, chan, '', '', '', ARGV[3], ARGV[1], ARGV[2], {}, error_event(ARGV[3], code))
   return ARGV[3]
 end
 -- A running job's deadline is enforced by its worker, token by token.
-if ARGV[3] == 'expired' then return status end
+if ARGV[3] == S.expired then return status end
 redis.call('HSET', rec, 'cancel', '1')
-return 'cancelling'
+return R.cancelling

@@ -1,4 +1,4 @@
-"""Structured JSON logs (the seed's fields: timestamp, level, logger, message,
+"""Structured JSON logs (the fields log shippers expect: timestamp, level, logger, message,
 exception), with request_id and job_id when the code path knows them."""
 
 from __future__ import annotations

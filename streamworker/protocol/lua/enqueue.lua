@@ -1,23 +1,25 @@
 -- Accept a job: idempotency check, bounded queue check, record + stream entry.
--- KEYS: stream, record, queued counter, idempotency key ('' name when unused)
+-- KEYS: stream, record, queued counter, idempotency key (any name when unused)
 -- ARGV: job_id, model, payload, now_ms, deadline_ms, max_queue (0 = no bound),
---       idempotency ttl seconds, use_idempotency (0/1)
+--       idempotency ttl seconds, use_idempotency (0/1), owner, kind
 local stream, rec, queued, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local job_id, model, payload, now, deadline = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local max_queue, idem_ttl, use_idem = tonumber(ARGV[6]), ARGV[7], ARGV[8] == '1'
+local owner, kind = ARGV[9], ARGV[10]
 
 if use_idem then
   local existing = redis.call('GET', idem)
-  if existing then return {'duplicate', existing} end
+  if existing then return {R.duplicate, existing} end
 end
 local depth = tonumber(redis.call('GET', queued) or '0')
 if max_queue > 0 and depth >= max_queue then
-  return {'full', tostring(depth)}
+  return {R.full, tostring(depth)}
 end
 local entry = redis.call('XADD', stream, '*', 'job_id', job_id, 'model', model,
   'deadline', deadline, 'enqueued_at', now, 'payload', payload)
-redis.call('HSET', rec, 'status', 'queued', 'model', model, 'created_at', now,
-  'deadline', deadline, 'attempt', 0, 'failures', 0, 'entry_id', entry, 'request', payload)
+redis.call('HSET', rec, 'status', S.queued, 'model', model, 'created_at', now,
+  'deadline', deadline, 'attempt', 0, 'failures', 0, 'entry_id', entry, 'request', payload,
+  'owner', owner, 'kind', kind)
 redis.call('INCR', queued)
 if use_idem then redis.call('SET', idem, job_id, 'EX', idem_ttl) end
-return {'ok', entry, tostring(depth + 1)}
+return {R.ok, entry, tostring(depth + 1)}

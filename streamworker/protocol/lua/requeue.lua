@@ -10,20 +10,20 @@ local max_attempts, is_failure, err = tonumber(ARGV[7]), ARGV[8] == '1', ARGV[9]
 local lease_ms, delay_ms = tonumber(ARGV[10]), tonumber(ARGV[11])
 
 local job = redis.call('HMGET', rec, 'status', 'attempt')
-if job[1] ~= 'running' or job[2] ~= attempt then return 'stale' end
+if job[1] ~= S.running or job[2] ~= attempt then return R.stale end
 if is_failure then
   redis.call('HSET', rec, 'last_error', err)
   local failures = redis.call('HINCRBY', rec, 'failures', 1)
   if failures >= max_attempts then
     dead_letter(rec, log, chan, stream, group, dead, entry, now, ttl,
       'failed ' .. failures .. ' times (max attempts ' .. max_attempts .. '): ' .. err)
-    return 'dead'
+    return R.dead
   end
 end
-redis.call('HSET', rec, 'status', 'queued')
+redis.call('HSET', rec, 'status', S.queued)
 redis.call('INCR', queued)
 local idle = lease_ms - delay_ms
 if idle < 0 then idle = 0 end
 redis.call('XCLAIM', stream, group, consumer, 0, entry, 'IDLE', idle, 'JUSTID')
-redis.call('PUBLISH', chan, cjson.encode({type = 'status', status = 'queued', attempt = tonumber(attempt)}))
-return 'requeued'
+redis.call('PUBLISH', chan, cjson.encode({type = 'status', status = S.queued, attempt = tonumber(attempt)}))
+return R.requeued
