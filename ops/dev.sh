@@ -31,8 +31,21 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo ">> installing the project (llama-cpp-python builds from source once: ~5 min)" >&2
     .venv/bin/python -m pip install -q --upgrade pip
+    # llama-cpp-python builds from source. ggml's AMX kernels (Intel Sapphire
+    # Rapids and later) segfault on Q4_K models like the bundled one, so the
+    # build leaves them out; the wheel is kept outside the clone and reused.
+    llama=$(sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml | head -n 1)
+    wheels="${XDG_CACHE_HOME:-$HOME/.cache}/streamworker/wheels"
+    if ! ls "$wheels"/llama_cpp_python-"$llama"-*.whl >/dev/null 2>&1; then
+        echo ">> building llama-cpp-python $llama (once, about 5 minutes on 2 cores)" >&2
+        no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        CMAKE_ARGS="-DCMAKE_C_FLAGS='$no_amx' -DCMAKE_CXX_FLAGS='$no_amx' ${CMAKE_ARGS:-}" \
+            .venv/bin/python -m pip wheel -q --no-deps --no-binary llama-cpp-python \
+            --no-cache-dir -w "$wheels" "llama-cpp-python==$llama"
+    fi
+    echo ">> installing the project" >&2
+    .venv/bin/python -m pip install -q "$wheels"/llama_cpp_python-"$llama"-*.whl
     .venv/bin/python -m pip install -q -e '.[dev]'
     touch "$stamp"
 fi
