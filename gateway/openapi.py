@@ -44,9 +44,12 @@ _MESSAGE = {
                 },
             ]
         },
-        "name": {"type": "string"},
     },
 }
+
+# Fields the engines cannot honour take only their no-op value; any other
+# value is a 400 naming the field (gateway/parsing.py).
+_NO_OP = "Accepted only as its no-op value; anything else is a 400"
 
 _SAMPLING = {
     "model": {"type": "string"},
@@ -58,15 +61,55 @@ _SAMPLING = {
     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
     "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
     "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-    "seed": {"type": "integer"},
+    "seed": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
     "stream": {"type": "boolean"},
-    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+    "stream_options": {
+        "type": "object",
+        "properties": {"include_usage": {"type": "boolean"}},
+        "description": "Only with stream=true",
+    },
     "n": {"type": "integer", "const": 1},
+    "user": {"type": "string", "description": "Accepted; not used"},
+    "presence_penalty": {"type": "number", "const": 0, "description": _NO_OP},
+    "frequency_penalty": {"type": "number", "const": 0, "description": _NO_OP},
+    "logit_bias": {"type": "object", "maxProperties": 0, "description": _NO_OP},
     "timeout": {
         "type": "number",
         "exclusiveMinimum": 0,
         "description": "Extension: seconds the job may wait and run",
     },
+}
+
+_CHAT = {
+    **_SAMPLING,
+    "messages": {"type": "array", "items": _MESSAGE},
+    "max_completion_tokens": {"type": "integer", "minimum": 1},
+    "response_format": {
+        "type": "object",
+        "required": ["type"],
+        "properties": {"type": {"const": "text"}},
+        "description": "Only text; json_object and json_schema are not supported yet",
+    },
+    "tools": {"type": "array", "maxItems": 0, "description": _NO_OP},
+    "tool_choice": {"const": "none", "description": _NO_OP},
+    "functions": {"type": "array", "maxItems": 0, "description": _NO_OP},
+    "function_call": {"const": "none", "description": _NO_OP},
+    "logprobs": {"type": "boolean", "const": False, "description": _NO_OP},
+    "top_logprobs": {"type": "integer", "const": 0, "description": _NO_OP},
+}
+
+_LEGACY = {
+    **_SAMPLING,
+    "prompt": {
+        "oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+        ]
+    },
+    "best_of": {"type": "integer", "const": 1, "description": _NO_OP},
+    "echo": {"type": "boolean", "const": False, "description": _NO_OP},
+    "suffix": {"type": "string", "maxLength": 0, "description": _NO_OP},
+    "logprobs": {"type": "null", "description": "Not supported: leave it out"},
 }
 
 _JOB_HEADERS = [
@@ -139,34 +182,14 @@ DOCUMENT: dict[str, Any] = {
         "/v1/chat/completions": {
             "post": _completion_op(
                 "Chat completion",
-                {
-                    "type": "object",
-                    "required": ["model", "messages"],
-                    "properties": {
-                        **_SAMPLING,
-                        "messages": {"type": "array", "items": _MESSAGE},
-                        "max_completion_tokens": {"type": "integer", "minimum": 1},
-                    },
-                },
+                {"type": "object", "required": ["model", "messages"], "properties": _CHAT},
                 "chat.completion",
             )
         },
         "/v1/completions": {
             "post": _completion_op(
                 "Text completion (legacy)",
-                {
-                    "type": "object",
-                    "required": ["model", "prompt"],
-                    "properties": {
-                        **_SAMPLING,
-                        "prompt": {
-                            "oneOf": [
-                                {"type": "string"},
-                                {"type": "array", "items": {"type": "string"}},
-                            ]
-                        },
-                    },
-                },
+                {"type": "object", "required": ["model", "prompt"], "properties": _LEGACY},
                 "text_completion",
             )
         },
@@ -174,14 +197,7 @@ DOCUMENT: dict[str, Any] = {
             "post": {
                 **_completion_op(
                     "Submit a chat job and return at once (202)",
-                    {
-                        "type": "object",
-                        "required": ["model", "messages"],
-                        "properties": {
-                            **_SAMPLING,
-                            "messages": {"type": "array", "items": _MESSAGE},
-                        },
-                    },
+                    {"type": "object", "required": ["model", "messages"], "properties": _CHAT},
                     "job",
                 ),
                 "responses": {

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from gateway import state
 from gateway.auth import API_KEY
 from gateway.errors import BadRequest, RateLimited, ServiceUnavailable
 from streamworker.protocol import keys
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
 
     from gateway.auth import ApiKey
     from gateway.settings import GatewaySettings
+    from streamworker.protocol.scripts import Scripts
 
 # Response headers for this request, added when the response is prepared
 # (request_id.add_response_headers), so streamed responses get them too.
@@ -87,12 +87,14 @@ def subject(request: web.Request) -> str:
     return "anon:" + (request.remote or "unknown").replace("{", "_").replace("}", "_")
 
 
-async def admit(request: web.Request, cost_tokens: int) -> None:
-    """Take one request and `cost_tokens` from the caller's budgets, or raise 429."""
-    st = state.of(request.app)
-    rpm, tpm = limits_for(request.get(API_KEY), st.settings)
+async def admit(
+    scripts: Scripts, who: str, *, rpm: int, tpm: int, cost_tokens: int
+) -> Decision | None:
+    """Take one request and `cost_tokens` from `who`'s budgets (see
+    limits_for), or raise 429. Returns the decision (its headers go on the
+    response), or None when neither limit is set."""
     if not rpm and not tpm:
-        return
+        return None
     if tpm and cost_tokens > tpm:
         # No amount of waiting admits this request: a 429 would send clients
         # into a retry loop, so say what to change instead.
@@ -102,9 +104,8 @@ async def admit(request: web.Request, cost_tokens: int) -> None:
             param="max_tokens",
             code="tokens_exceed_rate_limit",
         )
-    who = subject(request)
     try:
-        raw = await st.scripts.ratelimit(
+        raw = await scripts.ratelimit(
             keys=[keys.ratelimit(who, "requests"), keys.ratelimit(who, "tokens")],
             args=[rpm, tpm, cost_tokens],
         )
@@ -114,13 +115,13 @@ async def admit(request: web.Request, cost_tokens: int) -> None:
         ) from None
     allowed, req_left, req_reset, tok_left, tok_reset, wait = (int(v) for v in raw)
     decision = Decision(bool(allowed), rpm, tpm, req_left, req_reset, tok_left, tok_reset, wait)
-    request[HEADERS] = decision.headers()
     if decision.allowed:
-        return
+        return decision
     which = "requests" if rpm and req_left < 1 else "tokens"
     raise RateLimited(
         f"Rate limit reached for {which} per minute; retry after {duration(wait)}.",
         headers={
+            **decision.headers(),
             "Retry-After": str(max(1, math.ceil(wait / 1000))),
             "retry-after-ms": str(max(1, wait)),
         },

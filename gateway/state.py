@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter
     from redis.asyncio import Redis
 
+    from gateway.context_window import ContextWindow
     from gateway.hub import Hub
-    from gateway.metrics import GatewayMetrics
     from gateway.models import ModelDirectory
     from gateway.settings import GatewaySettings
     from streamworker.protocol.client import JobClient
     from streamworker.protocol.scripts import Scripts
     from streamworker.protocol.settings import QueueSettings
+
+
+class Metrics(Protocol):
+    """What the handlers record and serve: gateway/metrics.py's
+    GatewayMetrics, named by its shape so that the state, which nearly every
+    module reads, needs nothing from that module."""
+
+    rejected: Counter
+
+    def first_token(self, request: web.Request) -> None: ...
+
+    async def scrape(self, models: ModelDirectory, jobs: JobClient) -> web.Response: ...
 
 
 @dataclass(eq=False)
@@ -28,7 +41,8 @@ class GatewayState:
     jobs: JobClient
     hub: Hub
     models: ModelDirectory
-    metrics: GatewayMetrics
+    metrics: Metrics
+    context_window: ContextWindow
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("state", GatewayState)

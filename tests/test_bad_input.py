@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import httpx
+import openai
 import pytest
+
+from tests.conftest import client_for
 
 GOOD = {"model": "echo-test", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -36,7 +39,7 @@ CASES = [
         "image part",
         {**GOOD, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
         400,
-        "messages[0].content",
+        "messages[0].content[0].type",
     ),
     ("empty messages", {**GOOD, "messages": []}, 400, "messages"),
     ("n > 1", {**GOOD, "n": 2}, 400, "n"),
@@ -44,6 +47,34 @@ CASES = [
     ("max_tokens zero", {**GOOD, "max_tokens": 0}, 400, "max_tokens"),
     ("stop too long", {**GOOD, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("tools", {**GOOD, "tools": [{"type": "function"}]}, 400, "tools"),
+    ("tool_choice", {**GOOD, "tool_choice": "auto"}, 400, "tool_choice"),
+    ("seed above int64", {**GOOD, "seed": 2**63}, 400, "seed"),
+    ("seed below int64", {**GOOD, "seed": -(2**63) - 1}, 400, "seed"),
+    (
+        "stream_options without stream",
+        {**GOOD, "stream_options": {"include_usage": True}},
+        400,
+        "stream_options",
+    ),
+    (
+        "unknown response_format",
+        {**GOOD, "response_format": {"type": "xml"}},
+        400,
+        "response_format",
+    ),
+    (
+        "json response_format",
+        {**GOOD, "response_format": {"type": "json_object"}},
+        400,
+        "response_format",
+    ),
+    ("presence_penalty", {**GOOD, "presence_penalty": 0.5}, 400, "presence_penalty"),
+    (
+        "message name",
+        {**GOOD, "messages": [{"role": "user", "content": "hi", "name": "bob"}]},
+        400,
+        "messages[0].name",
+    ),
     ("missing model", {"messages": GOOD["messages"]}, 400, None),
     ("unknown model", {**GOOD, "model": "gpt-17"}, 404, "model"),
 ]
@@ -95,3 +126,43 @@ def test_body_too_large(gateway_with_worker):
     big = {**GOOD, "messages": [{"role": "user", "content": "x" * (2 << 20)}]}
     resp = httpx.post(gateway_with_worker.url + "/v1/chat/completions", json=big, timeout=10)
     _assert_openai_error(resp, 413)
+
+
+def test_refusals_through_the_openai_client(gateway_with_worker, r):
+    """The official client sends these as typed arguments; each refusal names
+    its param, and a no-op value of the same field is served."""
+    client = client_for(gateway_with_worker)
+    chat = {"model": "echo-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    refused = [
+        (lambda: client.chat.completions.create(**chat, seed=2**63), "seed"),
+        (
+            lambda: client.chat.completions.create(
+                **chat, response_format={"type": "json_schema", "json_schema": {"name": "x"}}
+            ),
+            "response_format",
+        ),
+        (
+            lambda: client.chat.completions.create(**chat, frequency_penalty=1.0),
+            "frequency_penalty",
+        ),
+        (
+            lambda: client.completions.create(model="echo-test", prompt="hi", echo=True),
+            "echo",
+        ),
+        (
+            lambda: client.completions.create(
+                model="echo-test", prompt="hi", stream_options={"include_usage": True}
+            ),
+            "stream_options",
+        ),
+    ]
+    for call, param in refused:
+        with pytest.raises(openai.BadRequestError) as info:
+            call()
+        assert info.value.body["param"] == param, info.value.body
+    assert r.xlen("sw:{echo-test}:jobs") == 0 and not r.keys("sw:{echo-test}:job:*")
+
+    out = client.chat.completions.create(
+        **chat, response_format={"type": "text"}, presence_penalty=0, user="u-1", seed=-(2**63)
+    )
+    assert out.choices[0].message.content == "hi hi "

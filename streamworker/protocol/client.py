@@ -25,7 +25,7 @@ IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 POSITION_LIMIT = 100_000
 
 
-class QueueFull(Exception):
+class QueueAtLimit(Exception):
     """The model's queue holds its bound of queued jobs."""
 
     def __init__(self, depth: int) -> None:
@@ -50,7 +50,7 @@ class JobClient:
         max_queue: int = 0,
         idempotency_key: str | None = None,
     ) -> tuple[str, bool]:
-        """Add a job unless the queue is full (QueueFull). Returns (job id,
+        """Add a job unless the queue is at its bound (QueueAtLimit). Returns (job id,
         created): a retried Idempotency-Key of the same owner returns the
         first job's id and False."""
         k = model_keys(model)
@@ -79,7 +79,7 @@ class JobClient:
         outcome = result[0].decode()
         if outcome == Reply.FULL:
             await self._redis.delete(keys.job_model(job_id))
-            raise QueueFull(int(result[1]))
+            raise QueueAtLimit(int(result[1]))
         if outcome == Reply.DUPLICATE:
             await self._redis.delete(keys.job_model(job_id))
             return result[1].decode(), False
