@@ -10,10 +10,10 @@ import msgspec
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway import chat, jobs_api, state
-from gateway.errors import error_middleware
+from gateway import completions_api, jobs_api, state
+from gateway.context_window import ContextWindow
 from gateway.hub import Hub
-from gateway.metrics import GatewayMetrics, metrics_handler, metrics_middleware
+from gateway.metrics import GatewayMetrics
 from gateway.models import ModelDirectory
 from gateway.openai_types import ModelCard, ModelList
 from gateway.security import Hardening
@@ -37,6 +37,11 @@ async def list_models(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     """Liveness: the process answers. No dependencies, by design."""
     return web.json_response({"status": "ok"})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    st = state.of(request.app)
+    return await st.metrics.scrape(st.models, st.jobs)
 
 
 READY_TIMEOUT_SECONDS = 2.0
@@ -78,8 +83,11 @@ def create_app(
 ) -> web.Application:
     # Raises auth.KeyringError when API keys are required but not configured.
     hardening = Hardening(settings)
+    # Made before the app: the metrics middleware counts into it from the
+    # first request, and the state shares it with the handlers.
+    metrics = GatewayMetrics()
     app = web.Application(
-        middlewares=hardening.middlewares(metrics_middleware, error_middleware),
+        middlewares=hardening.middlewares(metrics),
         client_max_size=settings.max_body_bytes,
     )
     hardening.install(app)
@@ -96,7 +104,8 @@ def create_app(
             jobs=JobClient(redis, scripts, queue_settings),
             hub=hub,
             models=ModelDirectory(redis),
-            metrics=GatewayMetrics(),
+            metrics=metrics,
+            context_window=ContextWindow(),
         )
         listener = asyncio.create_task(hub.run(), name="pubsub-hub")
         # Serve even if Redis is down at start: /ready says so until it is up.
@@ -110,8 +119,7 @@ def create_app(
             await redis.aclose()
 
     app.cleanup_ctx.append(resources)
-    app.router.add_post("/v1/chat/completions", chat.chat_completions)
-    app.router.add_post("/v1/completions", chat.completions)
+    completions_api.add_routes(app)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

@@ -36,12 +36,8 @@ from aiohttp import web
 from gateway.errors import Unauthorized
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
-    from gateway.errors import Handler
+    from gateway.errors import Handler, Middleware
     from gateway.settings import GatewaySettings
-
-    Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
@@ -144,15 +140,16 @@ def needs_key(request: web.Request, keyring: Keyring, *, ops_protected: bool) ->
     return ops_protected or request.path not in OPS_PATHS
 
 
-def make_auth_middleware(keyring: Keyring, settings: GatewaySettings) -> Middleware:
+def make_auth_middleware(keyring: Keyring, *, ops_protected: bool) -> Middleware:
+    """Find the request's key; refuse the request (401) when it needs one and
+    has none. `ops_protected`: /ready and /metrics need a key too."""
+
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         token = bearer_token(request)
         key = keyring.lookup(token) if token is not None else None
         request[API_KEY] = key
-        if key is None and needs_key(
-            request, keyring, ops_protected=settings.ops_endpoints_require_key
-        ):
+        if key is None and needs_key(request, keyring, ops_protected=ops_protected):
             if token is None:
                 raise Unauthorized(
                     "You didn't provide an API key. Send it in the Authorization header "

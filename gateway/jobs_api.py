@@ -4,6 +4,9 @@ POST /v1/jobs               same body as chat completions -> 202 {id, status}
 GET  /v1/jobs/{id}          status, attempts, timestamps, result, usage
 GET  /v1/jobs/{id}/events   SSE with `id:` = sequence number; Last-Event-ID resumes
 DELETE /v1/jobs/{id}        cancel
+
+A job created under an API key belongs to that key: to any other key every
+route answers 404 job_not_found, as for a job that does not exist.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway import state
+from gateway.admission import admit
 from gateway.auth import owner_of
-from gateway.chat import end_error, enqueue_job, parse_chat, subscribed
-from gateway.errors import BadRequest, NotFound, ServiceUnavailable
+from gateway.errors import BadRequest, NotFound, ServiceUnavailable, end_error
+from gateway.parsing import parse_chat
 from gateway.relay import Idle, Text
+from gateway.submit import enqueue, subscribed
 from streamworker.protocol.record import JobRecord, new_job_id
 from streamworker.protocol.wire import End, Status
 
@@ -52,6 +57,7 @@ def job_view(record: JobRecord) -> dict[str, object]:
 
 
 async def _find(request: web.Request) -> tuple[str, JobRecord]:
+    """The job the path names, if the caller may see it (every jobs route)."""
     st = state.of(request.app)
     job_id = request.match_info["job_id"]
     try:
@@ -59,21 +65,17 @@ async def _find(request: web.Request) -> tuple[str, JobRecord]:
         record = await st.jobs.record(model, job_id) if model else None
     except (RedisError, OSError) as exc:
         raise ServiceUnavailable("The queue is unavailable; retry later.") from exc
-    if model is None or record is None:
+    # Another key's job gets the very answer a missing one does, so a caller
+    # cannot even learn that an id exists.
+    if model is None or record is None or not record.visible_to(owner_of(request)):
         raise NotFound(f"No job with id '{job_id}'.", param="job_id", code="job_not_found")
     return model, record
 
 
 async def create_job(request: web.Request) -> web.Response:
     st = state.of(request.app)
-    job = parse_chat(await request.read(), st.settings)
-    job_id, created = await enqueue_job(
-        request.app,
-        job,
-        new_job_id(),
-        owner=owner_of(request),
-        idempotency_key=request.headers.get("Idempotency-Key"),
-    )
+    job = await admit(request, parse_chat)
+    job_id, created = await enqueue(st, job, new_job_id())
     record = await st.jobs.record(job.model, job_id)
     body = job_view(record) if record else {"id": job_id, "object": "job", "status": "queued"}
     return web.json_response(
@@ -124,7 +126,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             "X-Job-Id": record.id,
         }
     )
-    async with subscribed(request.app, model, record.id) as relay:
+    async with subscribed(state.of(request.app), model, record.id) as relay:
         relay.next_seq = start
         relay.resume = True
         await response.prepare(request)

@@ -3,6 +3,9 @@
 http_request_duration_seconds; proxy_active_jobs, proxy_queued_jobs,
 proxy_capacity), then what vLLM users expect.
 
+A client that hangs up is counted under code="499", never as a 5xx: alerts
+on the 5xx rate mean the server failed.
+
 The proxy_* gauges describe the whole cluster, so they are read from Redis at
 scrape time (the alerts divide one by another), not kept per process.
 """
@@ -24,10 +27,12 @@ from prometheus_client import (
 )
 from redis.exceptions import RedisError
 
-from gateway import state
+from gateway.errors import status_of_failure
 
 if TYPE_CHECKING:
-    from gateway.errors import Handler
+    from gateway.errors import Handler, Middleware
+    from gateway.models import ModelDirectory
+    from streamworker.protocol.client import JobClient
 
 START = "metrics.start"  # request key: when the request reached the gateway
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -69,13 +74,27 @@ class GatewayMetrics:
         if start is not None:
             self.ttft.observe(time.perf_counter() - start)
 
-    async def refresh_cluster(self, app: web.Application) -> None:
-        st = state.of(app)
-        workers = await st.models.workers()
+    async def refresh_cluster(self, models: ModelDirectory, jobs: JobClient) -> None:
+        workers = await models.workers()
         self.active.set(sum(w.active for w in workers))
         self.capacity.set(sum(w.slots for w in workers))
         self.workers.set(len(workers))
-        self.queued.set(sum((await st.jobs.queued_depths()).values()))
+        self.queued.set(sum((await jobs.queued_depths()).values()))
+
+    async def scrape(self, models: ModelDirectory, jobs: JobClient) -> web.Response:
+        """The /metrics page: the cluster gauges read now, then every metric."""
+        try:
+            # Counters must still be scraped while Redis is down; the cluster
+            # gauges then keep their last values and proxy_redis_up says so.
+            async with asyncio.timeout(2.0):
+                await self.refresh_cluster(models, jobs)
+            self.redis_up.set(1)
+        except (RedisError, OSError, TimeoutError):
+            self.redis_up.set(0)
+        return web.Response(
+            body=generate_latest(self.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
 
 
 def route_label(request: web.Request) -> str:
@@ -84,35 +103,26 @@ def route_label(request: web.Request) -> str:
     return info.canonical if info is not None else "unmatched"
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics = state.of(request.app).metrics
-    start = request[START] = time.perf_counter()
-    code = 500
-    try:
-        response = await handler(request)
-        code = response.status
+def make_metrics_middleware(metrics: GatewayMetrics) -> Middleware:
+    """Count and time every request. Outside error rendering, so an error
+    body is counted with its status; a client that hung up is counted as 499
+    (errors.status_of_failure), apart from the server's own failures."""
+
+    @web.middleware
+    async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = request[START] = time.perf_counter()
+
+        def observe(code: int) -> None:
+            endpoint = route_label(request)
+            metrics.requests.labels(request.method, endpoint, str(code)).inc()
+            metrics.duration.labels(request.method, endpoint).observe(time.perf_counter() - start)
+
+        try:
+            response = await handler(request)
+        except BaseException as exc:
+            observe(status_of_failure(request, exc))
+            raise
+        observe(response.status)
         return response
-    except web.HTTPException as exc:
-        code = exc.status
-        raise
-    finally:
-        endpoint = route_label(request)
-        metrics.requests.labels(request.method, endpoint, str(code)).inc()
-        metrics.duration.labels(request.method, endpoint).observe(time.perf_counter() - start)
 
-
-async def metrics_handler(request: web.Request) -> web.Response:
-    metrics = state.of(request.app).metrics
-    try:
-        # Counters must still be scraped while Redis is down; the cluster
-        # gauges then keep their last values and proxy_redis_up says so.
-        async with asyncio.timeout(2.0):
-            await metrics.refresh_cluster(request.app)
-        metrics.redis_up.set(1)
-    except (RedisError, OSError, TimeoutError):
-        metrics.redis_up.set(0)
-    return web.Response(
-        body=generate_latest(metrics.registry),
-        headers={"Content-Type": CONTENT_TYPE_LATEST},
-    )
+    return metrics_middleware

@@ -103,9 +103,12 @@ class Relay:
                 yield Idle(self.status)
                 continue
             if raw == RESYNC:
+                # The record first, then the log: a job that ended before the
+                # record was read had logged all its tokens, whereas tokens
+                # logged after a first log read would be lost with the return.
+                end = await self._end_from_record()
                 if (text := await self._catch_up()) is not None:
                     yield text
-                end = await self._end_from_record()
                 if end is not None:
                     yield end
                     return

@@ -18,6 +18,7 @@ from typing import Protocol
 import anyio
 import msgspec
 
+from streamworker.protocol.outcomes import EndCode
 from streamworker.protocol.wire import GenerationParams, Message
 
 
@@ -26,14 +27,15 @@ class EngineError(Exception):
 
     # A permanent error fails the job at once: running it again cannot help.
     permanent = False
-    code = "job_failed"
+    # How the job ends when this error fails it (the gateway maps the code).
+    code: EndCode = EndCode.JOB_FAILED
 
 
-class ContextLengthExceeded(EngineError):
+class PromptExceedsContext(EngineError):
     """Prompt plus max_tokens does not fit the model's context."""
 
     permanent = True
-    code = "context_length_exceeded"
+    code = EndCode.CONTEXT_LENGTH_EXCEEDED
 
 
 class Piece(msgspec.Struct, frozen=True, array_like=True):
@@ -87,12 +89,13 @@ class TextAssembler:
         if self.stopped:
             return ""
         text = self._held + self._decoder.decode(data)
-        for stop in self._stops:
-            at = text.find(stop)
-            if at >= 0:
-                self.stopped = True
-                self._held = ""
-                return text[:at]
+        # The earliest stop in the text, not the first one in the list: text
+        # cut at a later stop could still hold an earlier one.
+        found = [at for at in (text.find(stop) for stop in self._stops) if at >= 0]
+        if found:
+            self.stopped = True
+            self._held = ""
+            return text[: min(found)]
         keep = self._holdback(text)
         self._held = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep]
