@@ -6,10 +6,14 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
+import msgspec
 
 from streamworker import capacity as capacity_mod
+from streamworker import instance
 from streamworker.engines import load_engine
 from streamworker.heartbeat import Heartbeat, engine_alive
 from streamworker.metrics import WorkerMetrics
@@ -25,8 +29,16 @@ from streamworker.protocol.settings import (
     from_env,
 )
 from streamworker.semaphore import GpuSemaphore
-from streamworker.settings import EngineSettings, QdrantSettings, WorkerSettings
+from streamworker.settings import (
+    METRICS_PORT_BASE,
+    EngineSettings,
+    QdrantSettings,
+    WorkerSettings,
+)
 from streamworker.worker import Worker
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("streamworker")
 
@@ -37,63 +49,126 @@ async def run_worker(
     engine_settings: EngineSettings,
     worker_settings: WorkerSettings,
 ) -> int:
-    cap = capacity_mod.resolve(worker_settings.worker_concurrency, engine_settings)
-    log.info("capacity: %d slot(s) on %s (%s)", cap.slots, cap.gpu, cap.reason)
-    engine_settings.slots = cap.slots
-    engine = await anyio.to_thread.run_sync(load_engine, engine_settings)
-    metrics = WorkerMetrics()
-    metrics.capacity.set(cap.slots)
+    """Take a name and a metrics port before the model loads, so a clash
+    stops the start at once (SettingsError), then serve."""
     redis = connect(redis_settings)
-    consumer = JobConsumer(
-        redis,
-        Scripts(redis),
-        queue_settings,
-        model=engine_settings.model_name,
-        name=worker_settings.name(),
-    )
-    # Every worker process on this GPU (or CPU host) shares one semaphore.
-    semaphore = GpuSemaphore(
-        redis,
-        worker_settings.worker_semaphore_key or cap.gpu,
-        cap.slots,
-        owner=worker_settings.name(),
-        lease_seconds=worker_settings.worker_semaphore_lease_seconds,
-        poll_seconds=min(0.25, worker_settings.worker_block_ms / 1000),
-    )
+    try:
+        lease = await instance.claim(
+            redis,
+            pinned=worker_settings.pinned_name(),
+            ttl_seconds=worker_settings.worker_name_lease_seconds,
+            instance=worker_settings.instance_number(),
+        )
+        try:
+            return await _serve(redis, lease, queue_settings, engine_settings, worker_settings)
+        finally:
+            await lease.release()
+    finally:
+        await redis.aclose()
 
-    async def live_ids() -> set[str]:
-        return {w.id for w in await registry.live_workers(redis)}
 
-    worker = Worker(
-        consumer,
-        engine,
-        slots=cap.slots,
-        block_ms=worker_settings.worker_block_ms,
-        shutdown_grace=worker_settings.worker_shutdown_grace_seconds,
-        metrics=metrics,
-        semaphore=semaphore,
-        live_workers=live_ids,
-    )
-    heartbeat = Heartbeat(
-        redis,
-        engine,
-        worker_id=consumer.name,
-        model=consumer.model,
-        slots=cap.slots,
-        active=lambda: len(worker.active),
-        interval=worker_settings.worker_heartbeat_seconds,
-        gpu=cap.gpu,
-        engine_name=engine_settings.engine,
-        chat_format=engine_settings.chat_format,
-    )
-    metrics.serve(
-        worker_settings.worker_metrics_host,
-        worker_settings.worker_metrics_port,
-        health=heartbeat.health,
-    )
+def _serve_metrics(
+    metrics: WorkerMetrics,
+    settings: WorkerSettings,
+    instance_number: int | None,
+    health: Callable[[], str | None],
+) -> int:
+    host, port = settings.worker_metrics_host, settings.worker_metrics_port
+    if port is None:
+        # One port per instance number keeps each worker's scrape target in
+        # place across restarts; a port someone else has is passed over.
+        try:
+            return metrics.serve(
+                host, METRICS_PORT_BASE + (instance_number or 0), health, search=64
+            )
+        except OSError as exc:  # ports in use were passed over: the address is wrong
+            raise SettingsError(
+                f"WORKER_METRICS_HOST: cannot serve metrics on {host} ({exc.strerror})"
+            ) from None
+    try:
+        return metrics.serve(host, port, health)
+    except OSError as exc:
+        raise SettingsError(
+            f"WORKER_METRICS_PORT: cannot serve metrics on {host}:{port} ({exc.strerror}); "
+            "choose a free port, 0 for none, or leave it unset to pick one"
+        ) from None
+
+
+async def _serve(
+    redis: Redis,
+    lease: instance.NameLease,
+    queue_settings: QueueSettings,
+    engine_settings: EngineSettings,
+    worker_settings: WorkerSettings,
+) -> int:
+    """Serve until SIGTERM, the engine's death (exit 1) or the loss of the
+    worker's name to another process (exit 1)."""
+    metrics = WorkerMetrics()
+    heartbeat: Heartbeat | None = None
+
+    def health() -> str | None:
+        # While the engine loads there is no heartbeat to judge by yet.
+        return heartbeat.health() if heartbeat is not None else "starting"
+
+    metrics_port = _serve_metrics(metrics, worker_settings, lease.instance, health)
     stop = anyio.Event()
-    engine_died = False
+    failed = False
+
+    def fail() -> None:
+        nonlocal failed
+        failed = True
+        stop.set()
+
     async with anyio.create_task_group() as tg:
+        tg.start_soon(lease.keep, fail)
+        cap = capacity_mod.resolve(worker_settings.worker_concurrency, engine_settings)
+        log.info("capacity: %d slot(s) on %s (%s)", cap.slots, cap.gpu, cap.reason)
+        engine_settings = msgspec.structs.replace(engine_settings, slots=cap.slots)
+        engine = await anyio.to_thread.run_sync(load_engine, engine_settings)
+        metrics.capacity.set(cap.slots)
+        consumer = JobConsumer(
+            redis,
+            Scripts(redis),
+            queue_settings,
+            model=engine_settings.model_name,
+            name=lease.name,
+        )
+        # Every worker process on this GPU (or CPU host) shares one semaphore.
+        semaphore = GpuSemaphore(
+            redis,
+            worker_settings.worker_semaphore_key or cap.gpu,
+            cap.slots,
+            owner=lease.name,
+            lease_seconds=worker_settings.worker_semaphore_lease_seconds,
+            poll_seconds=min(0.25, worker_settings.worker_block_ms / 1000),
+        )
+
+        async def live_ids() -> set[str]:
+            return {w.id for w in await registry.live_workers(redis)}
+
+        worker = Worker(
+            consumer,
+            engine,
+            slots=cap.slots,
+            block_ms=worker_settings.worker_block_ms,
+            shutdown_grace=worker_settings.worker_shutdown_grace_seconds,
+            metrics=metrics,
+            semaphore=semaphore,
+            live_workers=live_ids,
+        )
+        heartbeat = Heartbeat(
+            redis,
+            engine,
+            worker_id=consumer.name,
+            model=consumer.model,
+            slots=cap.slots,
+            active=lambda: len(worker.active),
+            interval=worker_settings.worker_heartbeat_seconds,
+            gpu=cap.gpu,
+            engine_name=engine_settings.engine,
+            chat_format=engine_settings.chat_format,
+            metrics_port=metrics_port,
+        )
 
         async def signals() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
@@ -105,31 +180,29 @@ async def run_worker(
         async def watchdog() -> None:
             # An engine that dies under a live process: drain (hand jobs
             # back) and exit non-zero so the supervisor restarts us.
-            nonlocal engine_died
             while True:  # polled: engines have no death callback
                 await anyio.sleep(1)
                 if not engine_alive(engine):
                     break
             log.error("engine stopped: draining and exiting")
-            engine_died = True
-            stop.set()
+            fail()
 
         tg.start_soon(signals)
         tg.start_soon(watchdog)
         tg.start_soon(heartbeat.run)
         log.info(
-            "worker %s serving %s with engine %s",
+            "worker %s serving %s with engine %s, metrics %s",
             worker.name,
             worker.model,
             engine_settings.engine,
+            f"on {worker_settings.worker_metrics_host}:{metrics_port}" if metrics_port else "off",
         )
         await worker.run(stop=stop)
         tg.cancel_scope.cancel()
     await heartbeat.withdraw()
-    await redis.aclose()
     engine.close()
     log.info("worker %s stopped after %d job(s)", worker.name, worker.jobs_done)
-    return 1 if engine_died else 0
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,14 +261,20 @@ def main(argv: list[str] | None = None) -> int:
         return anyio.run(cli.qdrant_check, qdrant_settings)
     setup_logging("streamworker")
     if command == "run":
-        return anyio.run(
-            run_worker,
-            redis_settings,
-            queue_settings,
-            engine_settings,
-            worker_settings,
-            backend_options={"use_uvloop": True},
-        )
+        try:
+            return anyio.run(
+                run_worker,
+                redis_settings,
+                queue_settings,
+                engine_settings,
+                worker_settings,
+                backend_options={"use_uvloop": True},
+            )
+        except SettingsError as exc:
+            # A valid setting this host cannot honour now: the name is in use
+            # by a live worker, or the port by another process.
+            print(f"streamworker: cannot start: {exc}", file=sys.stderr)
+            return 2
     from streamworker import cli
 
     return anyio.run(cli.dispatch, args, redis_settings, queue_settings)

@@ -47,6 +47,7 @@ class Heartbeat:
         gpu: str = "",
         engine_name: str = "",
         chat_format: str = "",
+        metrics_port: int = 0,
     ) -> None:
         self.redis = redis
         self.engine = engine
@@ -59,6 +60,7 @@ class Heartbeat:
         self.gpu = gpu
         self.engine_name = engine_name
         self.chat_format = chat_format
+        self.metrics_port = metrics_port
         self.started_at = now_ms()
         self.last_beat = 0.0  # monotonic time of the last heartbeat Redis took
 
@@ -77,6 +79,7 @@ class Heartbeat:
             n_ctx=int(getattr(self.engine, "n_ctx", 0) or 0),
             model_path=str(getattr(self.engine, "path", "") or ""),
             chat_format=self.chat_format,
+            metrics_port=self.metrics_port,
         )
 
     async def beat(self) -> None:

@@ -1,4 +1,4 @@
-"""Worker metrics, served on WORKER_METRICS_PORT (default 5345).
+"""Worker metrics, served on WORKER_METRICS_PORT (default 5345 + the instance number).
 
 Names follow what vLLM users know, under the streamworker_ prefix; the proxy's
 proxy_active_jobs and proxy_capacity describe this worker here (the gateway's
@@ -7,15 +7,19 @@ proxy_active_jobs and proxy_capacity describe this worker here (the gateway's
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from wsgiref.simple_server import make_server
+from wsgiref.simple_server import WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+
+log = logging.getLogger("streamworker.metrics")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.25, 0.5, 1.0)
@@ -73,11 +77,21 @@ class WorkerMetrics:
             registry=r,
         )
 
-    def serve(self, host: str, port: int, health: Callable[[], str | None] | None = None) -> None:
+    def serve(
+        self,
+        host: str,
+        port: int,
+        health: Callable[[], str | None] | None = None,
+        *,
+        search: int = 0,
+    ) -> int:
         """/metrics, and /health for the orchestrator: `health` returns None
-        when the worker is fine, else why not (-> 503)."""
+        when the worker is fine, else why not (-> 503). Returns the port
+        served (0: none, for port 0). With `search`, a port another process
+        has is passed over for the next of `search` ports after it, and past
+        those for one the OS picks; without it, OSError."""
         if not port:
-            return
+            return 0
         metrics_app = make_wsgi_app(self.registry)
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -92,8 +106,16 @@ class WorkerMetrics:
                 ).encode()
             ]
 
-        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+        server = _bind(host, port, app, search)
+        if server.server_port != port:
+            log.warning(
+                "metrics port %d on %s is in use by another process: serving on %d instead",
+                port,
+                host,
+                server.server_port,
+            )
         threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+        return server.server_port
 
     def job_started(self, attempt: int, created_at_ms: int) -> None:
         if attempt <= 1:
@@ -118,3 +140,22 @@ class WorkerMetrics:
 
     def job_skipped(self, reason: str) -> None:
         self.skipped.labels(reason).inc()
+
+
+def _bind(host: str, port: int, app: Any, search: int) -> WSGIServer:
+    # Port 0 last: the OS picks a free one, so a crowded host still gets
+    # metrics, on a port the log and the registry name.
+    candidates = [p for p in range(port, port + search + 1) if p <= 65535]
+    if search:
+        candidates.append(0)
+
+    def bind(candidate: int) -> WSGIServer:
+        return make_server(host, candidate, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+
+    for candidate in candidates[:-1]:
+        try:
+            return bind(candidate)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    return bind(candidates[-1])

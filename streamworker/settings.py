@@ -11,6 +11,10 @@ import msgspec
 
 from streamworker.protocol.settings import PositiveFloat, PositiveInt
 
+# The first worker's metrics port; the worker with instance number n uses
+# METRICS_PORT_BASE + n unless WORKER_METRICS_PORT says otherwise.
+METRICS_PORT_BASE = 5345
+
 
 class EngineSettings(msgspec.Struct, kw_only=True):
     engine: Literal["llama", "batched", "echo"] = "llama"
@@ -36,10 +40,20 @@ class EngineSettings(msgspec.Struct, kw_only=True):
 class WorkerSettings(msgspec.Struct, kw_only=True):
     # A number, or "auto" to size from the GPU's memory (see capacity.py).
     worker_concurrency: str = "1"
-    # Stable across restarts so a restarted worker finds its own pending jobs.
+    # The worker's name must be stable across its restarts (a restarted worker
+    # finds its own pending jobs under it) and unique among live workers.
+    # WORKER_NAME, else <host>-<WORKER_INSTANCE>; with neither, the worker
+    # takes the lowest instance number free on this host (instance.py).
     worker_name: str = ""
-    worker_instance: str = "0"  # systemd template instance (%i)
-    worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 5345
+    worker_instance: str = ""  # systemd template instance (%i)
+    # How long the claim on a name outlives a worker that stopped renewing it
+    # (every third of this). It delays only a start on another host or in
+    # another container under the same name: on one host, a dead holder is
+    # seen at once.
+    worker_name_lease_seconds: PositiveFloat = 15.0
+    # Unset: METRICS_PORT_BASE + the instance number, or the next free port
+    # when another process has that one. 0: no metrics server.
+    worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     worker_metrics_host: str = "127.0.0.1"
     worker_shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0)] = 25.0
     worker_heartbeat_seconds: PositiveFloat = 2.0
@@ -51,8 +65,18 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     # GPU. Set it to give co-located workers separate budgets (tests do).
     worker_semaphore_key: str = ""
 
-    def name(self) -> str:
-        return self.worker_name or f"{socket.gethostname()}-{self.worker_instance}"
+    def pinned_name(self) -> tuple[str, str] | None:
+        """The name the operator chose and the variable that chose it, or
+        None when the worker is to pick its own instance number."""
+        if self.worker_name:
+            return self.worker_name, "WORKER_NAME"
+        if self.worker_instance:
+            return f"{socket.gethostname()}-{self.worker_instance}", "WORKER_INSTANCE"
+        return None
+
+    def instance_number(self) -> int | None:
+        """WORKER_INSTANCE as a number (a GPU index), for the metrics port."""
+        return int(self.worker_instance) if self.worker_instance.isdecimal() else None
 
 
 class QdrantSettings(msgspec.Struct, kw_only=True):

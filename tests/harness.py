@@ -184,16 +184,27 @@ class Gateway(Service):
 
 
 class Worker(Service):
-    def __init__(self, redis_url: str, log: Path, name: str, **env: str) -> None:
+    """A worker process. By default it is pinned: `name` is its WORKER_NAME and
+    its metrics server is off. `pinned=False` leaves WORKER_NAME and
+    WORKER_METRICS_PORT unset, as a plain `python -m streamworker run` has
+    them: the worker picks its own instance number and port, `name` only
+    labels it until `wait_registered` learns the name it took."""
+
+    def __init__(
+        self, redis_url: str, log: Path, name: str, *, pinned: bool = True, **env: str
+    ) -> None:
         self.name = name
+        self.pinned = pinned
+        # Empty counts as unset, whatever the test runner's environment holds.
+        unset = {"WORKER_NAME": "", "WORKER_INSTANCE": "", "WORKER_METRICS_PORT": ""}
+        identity = {"WORKER_NAME": name, "WORKER_METRICS_PORT": "0"} if pinned else unset
         super().__init__(
             ["streamworker", "run"],
             # Each test worker gets its own GPU semaphore (as if on its own
             # card) unless a test shares one on purpose.
             {
                 "REDIS_URL": redis_url,
-                "WORKER_NAME": name,
-                "WORKER_METRICS_PORT": "0",
+                **identity,
                 "WORKER_SEMAPHORE_KEY": f"test-{name}",
                 "WORKER_HEARTBEAT_SECONDS": "0.5",
                 "WORKER_BLOCK_MS": "200",
@@ -205,9 +216,27 @@ class Worker(Service):
     def start(self, wait_registered: bool = True, redis: RedisServer | None = None) -> Worker:
         super().start()
         if wait_registered and redis is not None:
+            self.wait_registered(redis)
+        return self
+
+    def wait_registered(self, redis: RedisServer) -> None:
+        if self.pinned:
             wait_for(
                 lambda: self.name in redis.cli("ZRANGE", "sw:workers", "0", "-1"),
                 timeout=60,
                 what=f"worker {self.name} heartbeat",
             )
-        return self
+            return
+        self.name = wait_for(
+            lambda: self._registered_as(redis),
+            timeout=60,
+            interval=0.2,
+            what=f"worker {self.name} (pid {self.pid}) heartbeat",
+        )
+
+    def _registered_as(self, redis: RedisServer) -> str | None:
+        """The registry id whose heartbeat carries this process's pid."""
+        for wid in redis.cli("ZRANGE", "sw:workers", "0", "-1").split():
+            if redis.cli("HGET", f"sw:worker:{wid}", "pid").strip() == str(self.pid):
+                return wid
+        return None

@@ -83,6 +83,17 @@ def worker(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
 
 
+def worker_name(name: str) -> str:
+    """The lease on a worker name (a string with a TTL): which live process
+    uses the name, as JSON (host, boot id, pid namespace, pid, process start
+    time; streamworker/instance.py). Keyed by the name itself, not by host and
+    instance number, because the name is what must be unique: it is the
+    consumer in every model's group, the registry id and the GPU semaphore's
+    owner, and a pinned WORKER_NAME, a WORKER_INSTANCE and an automatically
+    chosen number can all arrive at the same name."""
+    return f"{PREFIX}:name:{name}"
+
+
 WORKERS = f"{PREFIX}:workers"  # sorted set: worker id -> last heartbeat (ms)
 MODELS = f"{PREFIX}:models"  # set of model names that ever had a stream
 

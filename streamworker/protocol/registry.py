@@ -35,6 +35,9 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     n_ctx: int = 0
     model_path: str = ""
     chat_format: str = ""
+    # Where this worker serves /metrics and /health (0: nowhere): chosen at
+    # start when WORKER_METRICS_PORT is unset, so only the worker knows it.
+    metrics_port: int = 0
 
 
 async def publish(redis: Redis, info: WorkerInfo, ttl_ms: int) -> None:
