@@ -18,9 +18,17 @@ setup:
 demo *args:
     {{python}} ops/demo.py {{args}}
 
-# the whole test suite (real redis-server, gateway, workers, bundled model)
+# the whole suite: the unit tests (seconds), then the process tests (real
+# redis-server, gateways, workers, the bundled model); with args, just pytest
 test *args:
-    {{python}} -m pytest -q {{args}}
+    #!/bin/sh
+    set -e
+    if [ -z "{{args}}" ]; then
+        {{python}} -m pytest -q -m unit
+        {{python}} -m pytest -q -m "not unit"
+    else
+        {{python}} -m pytest -q {{args}}
+    fi
 
 # benchmarks -> docs/benchmarks.md + PNG chart (--smoke: tiny sizes; --build-cpp: C++ limit)
 bench *args:

@@ -147,7 +147,7 @@ class JobRun:
         if isinstance(error, EngineError) and error.permanent:
             # The request itself is at fault (e.g. too long): fail it now with
             # a code the gateway maps to a 4xx; no retry, no dead letter.
-            code = error.code
+            code = error.code.value
             end = End(status=JobStatus.FAILED.value, code=code, message=str(error))
             await with_backoff(
                 lambda: self.consumer.finish(

@@ -60,6 +60,8 @@ class Worker:
         self._slot_freed = anyio.Event()
         # When to look for entries of dead workers (or our own retries) next.
         self._next_reclaim = 0.0
+        # Set once the shutdown grace is over: every job still here goes back.
+        self._handing_back = False
         self.jobs_done = 0
 
     @property
@@ -203,8 +205,9 @@ class Worker:
             while self.active:
                 self._slot_freed = anyio.Event()
                 await self._slot_freed.wait()
+        self._handing_back = True
         for job in list(self.active.values()):
-            if job is not None:
+            if job is not None:  # None: not started yet; _run_job hands it back
                 job.stop(StopReason.HANDBACK)
 
     async def _run_job(self, entry: Entry) -> None:
@@ -221,6 +224,8 @@ class Worker:
             bind_log_context(entry, request)
             job = JobRun(self.consumer, self.engine, entry, started, request, self.metrics)
             self.active[entry.entry_id] = job
+            if self._handing_back:
+                job.stop(StopReason.HANDBACK)
             if self.metrics:
                 self.metrics.active.set(len(self.active))
                 self.metrics.job_started(started.attempt, started.created_at_ms)

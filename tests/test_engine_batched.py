@@ -16,7 +16,7 @@ import llama_cpp
 import llama_cpp.llama_cpp
 import pytest
 
-from streamworker.engines.base import ContextLengthExceeded, Done, Engine, Piece
+from streamworker.engines.base import Done, Engine, Piece, PromptExceedsContext
 from streamworker.engines.batched import BatchedEngine
 from streamworker.engines.llama import LlamaEngine
 from streamworker.protocol.wire import GenerationParams, Message
@@ -221,7 +221,7 @@ def test_resume_continues_exactly(batched: BatchedEngine, reference: dict[str, R
 
 def test_prompt_too_long_for_context(batched: BatchedEngine) -> None:
     params = GenerationParams(max_tokens=batched.n_ctx, temperature=0)
-    with pytest.raises(ContextLengthExceeded):
+    with pytest.raises(PromptExceedsContext):
         asyncio.run(collect(batched, PROMPTS[0], params))
 
 

@@ -34,10 +34,10 @@ import numpy as np
 from llama_cpp import _internals
 
 from streamworker.engines.base import (
-    ContextLengthExceeded,
     Done,
     EngineError,
     Piece,
+    PromptExceedsContext,
     TextAssembler,
 )
 from streamworker.engines.model_file import resolve_model_path
@@ -160,7 +160,7 @@ class BatchedEngine:
     ) -> _Seq:
         prompt, template_stops = self.prompts.tokens(messages)
         if len(prompt) + params.max_tokens > self._n_ctx:
-            raise ContextLengthExceeded(
+            raise PromptExceedsContext(
                 f"{len(prompt)} prompt tokens + max_tokens {params.max_tokens} exceed "
                 f"the context of {self._n_ctx}"
             )

@@ -15,9 +15,9 @@ import llama_cpp
 from llama_cpp import Llama
 
 from streamworker.engines.base import (
-    ContextLengthExceeded,
     Done,
     Piece,
+    PromptExceedsContext,
     TextAssembler,
     ThreadedEngine,
 )
@@ -61,7 +61,7 @@ class LlamaEngine(ThreadedEngine):
         prompt, template_stops = self.prompts.tokens(messages)
         done_tokens = [p.token for p in resume if p.token >= 0]
         if len(prompt) + params.max_tokens > self.n_ctx:
-            raise ContextLengthExceeded(
+            raise PromptExceedsContext(
                 f"{len(prompt)} prompt tokens + max_tokens {params.max_tokens} exceed "
                 f"the context of {self.n_ctx}"
             )
