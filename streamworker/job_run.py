@@ -47,6 +47,10 @@ class UnsupportedKind(EngineError):
     permanent = True
 
 
+# The kinds whose answer is generated text, token by token (this module).
+GENERATED_KINDS = frozenset({JobKind.CHAT})
+
+
 class JobRun:
     def __init__(
         self,
@@ -103,7 +107,7 @@ class JobRun:
         await self._conclude(t0)
 
     async def _generate(self) -> None:
-        if self.request.kind is not JobKind.CHAT:
+        if self.request.kind not in GENERATED_KINDS:
             raise UnsupportedKind(f"this worker does not run jobs of kind {self.request.kind!r}")
         resume = [Piece(e.token, e.text) for e in self.resumed]
         items = self.engine.generate(
