@@ -76,9 +76,13 @@ def test_gateway_and_worker_metrics_move(start_gateway, start_worker) -> None:
             return resp.status_code
 
     with ThreadPoolExecutor(6) as pool:
-        first = [pool.submit(ask, 0, True), pool.submit(ask, 1), pool.submit(ask, 2)]
-        # While they run: one active, the rest queued, as the whole cluster sees it.
+        first = [pool.submit(ask, 0, True)]
+        # The first job runs before the next two arrive, so they fit the queue
+        # (MAX_QUEUE=2) however slowly the worker picks the first one up.
         wait_for(lambda: value(scrape(gw_metrics), "proxy_active_jobs") >= 1, what="active")
+        first += [pool.submit(ask, 1), pool.submit(ask, 2)]
+        # While they run: one active, the rest queued, as the whole cluster sees it.
+        wait_for(lambda: value(scrape(gw_metrics), "proxy_queued_jobs") >= 1, what="queued")
         busy = scrape(gw_metrics)
         assert value(busy, "proxy_queued_jobs") >= 1
         assert value(scrape(wk_metrics), "proxy_active_jobs") == 1
