@@ -1,4 +1,5 @@
-"""Operator commands: inspect the queue, list and replay dead letters."""
+"""Operator commands: inspect the queue, list and replay dead letters, check
+the retrieval store, ingest files through the gateway."""
 
 from __future__ import annotations
 
@@ -147,6 +148,14 @@ async def qdrant_check(settings: QdrantSettings) -> int:
     if st.problems and os.environ.get("ENVIRONMENT") == "production":
         return 2
     return 0
+
+
+def ingest(args: argparse.Namespace) -> int:
+    from streamworker import ingest as ingest_mod
+
+    return ingest_mod.main(
+        args.paths, args.collection, args.url, args.api_key, prefix=args.api_prefix
+    )
 
 
 async def dispatch(
