@@ -6,32 +6,33 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import msgspec
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway import completions_api, jobs_api, state
+from gateway import (
+    completions_api,
+    documents_api,
+    embeddings_api,
+    jobs_api,
+    models_api,
+    rag,
+    search_api,
+    state,
+    tokenize_api,
+)
 from gateway.context_window import ContextWindow
 from gateway.hub import Hub
 from gateway.metrics import GatewayMetrics
 from gateway.models import ModelDirectory
-from gateway.openai_types import ModelCard, ModelList
+from gateway.retrieval import resources as retrieval
+from gateway.retrieval.settings import RetrievalSettings
 from gateway.security import Hardening
 from gateway.settings import GatewaySettings
 from streamworker.protocol.client import JobClient
 from streamworker.protocol.connections import connect
 from streamworker.protocol.scripts import Scripts
-from streamworker.protocol.settings import QueueSettings, RedisSettings
-
-
-async def list_models(request: web.Request) -> web.Response:
-    st = state.of(request.app)
-    workers = await st.models.workers()
-    created: dict[str, int] = {}
-    for w in workers:
-        created[w.model] = min(created.get(w.model, w.started_at), w.started_at)
-    body = ModelList(data=[ModelCard(id=m, created=c // 1000) for m, c in sorted(created.items())])
-    return web.Response(body=msgspec.json.encode(body), content_type="application/json")
+from streamworker.protocol.settings import QueueSettings, RedisSettings, from_env
+from streamworker.qdrant import QdrantSettings
 
 
 async def health(request: web.Request) -> web.Response:
@@ -80,14 +81,20 @@ def create_app(
     settings: GatewaySettings,
     redis_settings: RedisSettings,
     queue_settings: QueueSettings,
+    retrieval_settings: RetrievalSettings | None = None,
+    qdrant_settings: QdrantSettings | None = None,
 ) -> web.Application:
+    # Unset: from the environment (raises SettingsError on a bad value).
+    retrieval_settings = retrieval_settings or from_env(RetrievalSettings)
+    qdrant_settings = qdrant_settings or from_env(QdrantSettings)
     # Raises auth.KeyringError when API keys are required but not configured.
     hardening = Hardening(settings)
     # Made before the app: the metrics middleware counts into it from the
     # first request, and the state shares it with the handlers.
     metrics = GatewayMetrics()
     app = web.Application(
-        middlewares=hardening.middlewares(metrics),
+        # Retrieval-augmented chat rewrites a request after auth and errors.
+        middlewares=[*hardening.middlewares(metrics), rag.make_rag_middleware()],
         client_max_size=settings.max_body_bytes,
     )
     hardening.install(app)
@@ -119,10 +126,17 @@ def create_app(
             await redis.aclose()
 
     app.cleanup_ctx.append(resources)
+    # After Redis: the store is opened by this process alone, and closed
+    # (an embedded path's lock released) when it stops.
+    app.cleanup_ctx.append(retrieval.install(app, retrieval_settings, qdrant_settings))
     completions_api.add_routes(app)
-    app.router.add_get("/v1/models", list_models)
+    models_api.add_routes(app)
+    tokenize_api.add_routes(app)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_handler)
     jobs_api.add_routes(app)
+    embeddings_api.add_routes(app)
+    documents_api.add_routes(app, retrieval_settings.api_prefix)
+    search_api.add_routes(app, retrieval_settings.api_prefix)
     return app

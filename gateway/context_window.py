@@ -22,11 +22,12 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from gateway.errors import ContextLengthExceeded
+from gateway.errors import BadRequest, ContextLengthExceeded
+from streamworker.protocol.wire import JobKind
 
 if TYPE_CHECKING:
     from streamworker.protocol.registry import WorkerInfo
-    from streamworker.protocol.wire import Message
+    from streamworker.protocol.wire import JobRequest
     from streamworker.tokenizer import PromptBuilder
 
 log = logging.getLogger("gateway.context_window")
@@ -37,9 +38,36 @@ BYTES_PER_TOKEN = 4
 TEMPLATE_TOKENS_PER_MESSAGE = 4
 
 
-def estimate_tokens(messages: Sequence[Message]) -> int:
+def estimate_tokens(request: JobRequest) -> int:
+    if request.kind is JobKind.COMPLETION:
+        prompt = request.prompt
+        if not isinstance(prompt, str):
+            return len(prompt)
+        return -(-len(prompt.encode("utf-8", "surrogatepass")) // BYTES_PER_TOKEN)
+    messages = request.messages
     size = sum(len(m.content.encode("utf-8", "surrogatepass")) for m in messages)
     return -(-size // BYTES_PER_TOKEN) + TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+
+
+def _count(tokenizer: PromptBuilder, request: JobRequest) -> int:
+    """The prompt's exact length; token ids the request names (a raw
+    prompt's, logit_bias keys) must exist in the vocabulary."""
+    bias = request.params.logit_bias
+    if bias and (bad := max(bias)) >= tokenizer.n_vocab:
+        raise BadRequest(
+            f"Token id {bad} is not in the model's vocabulary of {tokenizer.n_vocab}.",
+            param="logit_bias",
+        )
+    if request.kind is not JobKind.COMPLETION:
+        return tokenizer.count(request.messages)
+    tokens = tokenizer.raw_tokens(request.prompt)
+    if not isinstance(request.prompt, str):
+        n_vocab = tokenizer.n_vocab
+        if (bad := next((t for t in tokens if t >= n_vocab), None)) is not None:
+            raise BadRequest(
+                f"Token id {bad} is not in the model's vocabulary of {n_vocab}.", param="prompt"
+            )
+    return len(tokens)
 
 
 def _load(path: str, chat_format: str) -> PromptBuilder | None:
@@ -78,7 +106,7 @@ class ContextWindow:
         return None
 
     async def prompt_tokens(
-        self, workers: Sequence[WorkerInfo], messages: Sequence[Message], max_tokens: int
+        self, workers: Sequence[WorkerInfo], request: JobRequest, max_tokens: int
     ) -> int:
         """The prompt's tokens on these workers (exact where possible, else an
         estimate), after refusing a prompt that cannot fit their context."""
@@ -92,14 +120,14 @@ class ContextWindow:
                     f"{max_tokens} leaves no room for the prompt.",
                     param="max_tokens",
                 )
-            return estimate_tokens(messages)
-        count = await asyncio.to_thread(tokenizer.count, messages)
+            return estimate_tokens(request)
+        count = await asyncio.to_thread(_count, tokenizer, request)
         if count + max_tokens > n_ctx:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {n_ctx} tokens. However, you "
                 f"requested {count + max_tokens} tokens ({count} in the messages, "
                 f"{max_tokens} in the completion). Please reduce the length of the "
                 "messages or the completion.",
-                param="messages",
+                param="prompt" if request.kind is JobKind.COMPLETION else "messages",
             )
         return count

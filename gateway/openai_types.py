@@ -1,7 +1,8 @@
-"""msgspec structs for the OpenAI requests and responses the gateway speaks.
+"""msgspec structs for the OpenAI requests the gateway reads, and its model cards.
 
 Every field of a request struct is decided in gateway/parsing.py: honoured,
 or refused with a 400 naming it (tests/test_parsing.py walks them all).
+The response bodies are in gateway/response_types.py.
 Fields we do not know are ignored, as OpenAI's clients send many; fields we
 know but cannot honour are listed here so that they are refused, not
 silently dropped.
@@ -9,7 +10,7 @@ silently dropped.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
@@ -21,6 +22,14 @@ Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 Penalty = Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)]
 # Extension: seconds this job may wait and run before it expires.
 TimeoutSeconds = Annotated[float, msgspec.Meta(gt=0)]
+# llama-server's sampling extensions, with its ranges: top_k 0 is off,
+# min_p 0 is off, repeat_penalty 1 is off.
+TopK = Annotated[int, msgspec.Meta(ge=0)]
+MinP = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+RepeatPenalty = Annotated[float, msgspec.Meta(gt=0.0, le=10.0)]
+ChoiceCount = Annotated[int, msgspec.Meta(ge=1)]
+TopLogprobs = Annotated[int, msgspec.Meta(ge=0, le=20)]
+LegacyLogprobs = Annotated[int, msgspec.Meta(ge=0, le=5)]
 
 
 class ContentPart(msgspec.Struct, forbid_unknown_fields=False):
@@ -28,145 +37,129 @@ class ContentPart(msgspec.Struct, forbid_unknown_fields=False):
     text: str | None = None
 
 
+class FunctionCall(msgspec.Struct, forbid_unknown_fields=False):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallIn(msgspec.Struct, forbid_unknown_fields=False):
+    """A call in an assistant message of the history."""
+
+    id: str
+    function: FunctionCall
+    type: str = "function"
+
+
 class ChatMessage(msgspec.Struct, forbid_unknown_fields=False):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
 
 class StreamOptions(msgspec.Struct, forbid_unknown_fields=False):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(msgspec.Struct, forbid_unknown_fields=False):
+    name: str
+    # The key is `schema` on the wire; the attribute may not shadow
+    # msgspec's own names, so it is renamed.
+    schema_: dict[str, Any] | None = msgspec.field(default=None, name="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
 class ResponseFormat(msgspec.Struct, forbid_unknown_fields=False):
-    # text, json_object or json_schema; the schema itself is not read while
-    # only text is served.
+    type: str  # text, json_object or json_schema
+    json_schema: JsonSchemaFormat | None = None
+
+
+class FunctionDefinition(msgspec.Struct, forbid_unknown_fields=False):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(msgspec.Struct, forbid_unknown_fields=False):
     type: str
+    function: FunctionDefinition
 
 
-class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+class FunctionName(msgspec.Struct, forbid_unknown_fields=False):
+    name: str
+
+
+class NamedToolChoice(msgspec.Struct, forbid_unknown_fields=False):
+    type: str
+    function: FunctionName
+
+
+class _Sampling(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    """The fields both endpoints share."""
+
     model: str
-    messages: list[ChatMessage]
     max_tokens: MaxTokens | None = None
-    max_completion_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
     stop: str | list[str] | None = None
     seed: Seed | None = None
     stream: bool | None = None  # null: not streamed, as in OpenAI's API
     stream_options: StreamOptions | None = None
-    n: int | None = None  # null: 1
+    n: ChoiceCount | None = None  # null: 1
     user: str | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, float] | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    timeout: TimeoutSeconds | None = None
+    # llama-server's extensions.
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repeat_penalty: RepeatPenalty | None = None
+
+
+class ChatCompletionRequest(_Sampling, kw_only=True):
+    messages: list[ChatMessage]
+    max_completion_tokens: MaxTokens | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     # The deprecated spelling of tools, still sent by older clients.
     functions: list[Any] | None = None
     function_call: Any = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: TopLogprobs | None = None
     response_format: ResponseFormat | None = None
-    timeout: TimeoutSeconds | None = None
 
 
-class CompletionRequest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
-    """Legacy /v1/completions: a prompt, run as one user message."""
+class CompletionRequest(_Sampling, kw_only=True):
+    """Legacy /v1/completions: a raw prompt, no chat template. `prompt` is
+    text, a list of texts, token ids or a list of token-id lists; its shape
+    is checked in gateway/parsing.py (msgspec cannot tell list kinds apart
+    in a union)."""
 
-    model: str
-    prompt: str | list[str]
-    max_tokens: MaxTokens | None = None
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    stop: str | list[str] | None = None
-    seed: Seed | None = None
-    stream: bool | None = None  # null: not streamed, as in OpenAI's API
-    stream_options: StreamOptions | None = None
-    n: int | None = None  # null: 1
+    prompt: str | list[Any]
     best_of: int | None = None
     echo: bool | None = None
     suffix: str | None = None
-    user: str | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, float] | None = None
-    logprobs: int | None = None
-    timeout: TimeoutSeconds | None = None
+    logprobs: LegacyLogprobs | None = None
 
 
-class Usage(msgspec.Struct):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+class TokenizeRequest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    """llama-server's POST /tokenize, with the model named."""
 
-
-class Delta(msgspec.Struct, omit_defaults=True):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChunkChoice(msgspec.Struct):
-    index: int
-    delta: Delta
-    logprobs: None = None
-    finish_reason: str | None = None
-
-
-class ChatCompletionChunk(msgspec.Struct):
-    id: str
-    object: str
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: Usage | None = None
-
-
-class AssistantMessage(msgspec.Struct):
-    role: str
     content: str
+    model: str | None = None
+    add_special: bool = False
+    parse_special: bool = True
+    with_pieces: bool = False
 
 
-class Choice(msgspec.Struct):
-    index: int
-    message: AssistantMessage
-    finish_reason: str | None
-    logprobs: None = None
-
-
-class ChatCompletion(msgspec.Struct):
-    id: str
-    object: str
-    created: int
-    model: str
-    choices: list[Choice]
-    usage: Usage
-
-
-class TextChoice(msgspec.Struct):
-    index: int
-    text: str
-    logprobs: None = None
-    finish_reason: str | None = None
-
-
-class TextCompletion(msgspec.Struct):
-    id: str
-    object: str
-    created: int
-    model: str
-    choices: list[TextChoice]
-    usage: Usage
-
-
-class TextCompletionChunk(msgspec.Struct):
-    id: str
-    object: str
-    created: int
-    model: str
-    choices: list[TextChoice]
-    # Only the closing usage chunk carries the key at all.
-    usage: Usage | msgspec.UnsetType = msgspec.UNSET
+class DetokenizeRequest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    tokens: list[int]
+    model: str | None = None
 
 
 class ModelCard(msgspec.Struct):

@@ -9,6 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.openapi_retrieval import RETRIEVAL_PATHS
+from gateway.openapi_schemas import CHAT, LEGACY
+
 
 def _error(description: str) -> dict[str, Any]:
     return {
@@ -24,92 +27,6 @@ _ERRORS = {
     "413": _error("Body larger than MAX_BODY_BYTES"),
     "429": _error("Rate limit or queue full; see Retry-After and x-ratelimit-* headers"),
     "503": _error("No live worker for the model, or Redis unavailable; see Retry-After"),
-}
-
-_MESSAGE = {
-    "type": "object",
-    "required": ["role", "content"],
-    "properties": {
-        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
-        "content": {
-            "oneOf": [
-                {"type": "string"},
-                {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["type", "text"],
-                        "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
-                    },
-                },
-            ]
-        },
-    },
-}
-
-# Fields the engines cannot honour take only their no-op value; any other
-# value is a 400 naming the field (gateway/parsing.py).
-_NO_OP = "Accepted only as its no-op value; anything else is a 400"
-
-_SAMPLING = {
-    "model": {"type": "string"},
-    "max_tokens": {
-        "type": "integer",
-        "minimum": 1,
-        "description": "Capped by MAX_TOKENS_LIMIT; default DEFAULT_MAX_TOKENS",
-    },
-    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-    "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-    "seed": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
-    "stream": {"type": "boolean"},
-    "stream_options": {
-        "type": "object",
-        "properties": {"include_usage": {"type": "boolean"}},
-        "description": "Only with stream=true",
-    },
-    "n": {"type": "integer", "const": 1},
-    "user": {"type": "string", "description": "Accepted; not used"},
-    "presence_penalty": {"type": "number", "const": 0, "description": _NO_OP},
-    "frequency_penalty": {"type": "number", "const": 0, "description": _NO_OP},
-    "logit_bias": {"type": "object", "maxProperties": 0, "description": _NO_OP},
-    "timeout": {
-        "type": "number",
-        "exclusiveMinimum": 0,
-        "description": "Extension: seconds the job may wait and run",
-    },
-}
-
-_CHAT = {
-    **_SAMPLING,
-    "messages": {"type": "array", "items": _MESSAGE},
-    "max_completion_tokens": {"type": "integer", "minimum": 1},
-    "response_format": {
-        "type": "object",
-        "required": ["type"],
-        "properties": {"type": {"const": "text"}},
-        "description": "Only text; json_object and json_schema are not supported yet",
-    },
-    "tools": {"type": "array", "maxItems": 0, "description": _NO_OP},
-    "tool_choice": {"const": "none", "description": _NO_OP},
-    "functions": {"type": "array", "maxItems": 0, "description": _NO_OP},
-    "function_call": {"const": "none", "description": _NO_OP},
-    "logprobs": {"type": "boolean", "const": False, "description": _NO_OP},
-    "top_logprobs": {"type": "integer", "const": 0, "description": _NO_OP},
-}
-
-_LEGACY = {
-    **_SAMPLING,
-    "prompt": {
-        "oneOf": [
-            {"type": "string"},
-            {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
-        ]
-    },
-    "best_of": {"type": "integer", "const": 1, "description": _NO_OP},
-    "echo": {"type": "boolean", "const": False, "description": _NO_OP},
-    "suffix": {"type": "string", "maxLength": 0, "description": _NO_OP},
-    "logprobs": {"type": "null", "description": "Not supported: leave it out"},
 }
 
 _JOB_HEADERS = [
@@ -182,14 +99,14 @@ DOCUMENT: dict[str, Any] = {
         "/v1/chat/completions": {
             "post": _completion_op(
                 "Chat completion",
-                {"type": "object", "required": ["model", "messages"], "properties": _CHAT},
+                {"type": "object", "required": ["model", "messages"], "properties": CHAT},
                 "chat.completion",
             )
         },
         "/v1/completions": {
             "post": _completion_op(
                 "Text completion (legacy)",
-                {"type": "object", "required": ["model", "prompt"], "properties": _LEGACY},
+                {"type": "object", "required": ["model", "prompt"], "properties": LEGACY},
                 "text_completion",
             )
         },
@@ -197,7 +114,7 @@ DOCUMENT: dict[str, Any] = {
             "post": {
                 **_completion_op(
                     "Submit a chat job and return at once (202)",
-                    {"type": "object", "required": ["model", "messages"], "properties": _CHAT},
+                    {"type": "object", "required": ["model", "messages"], "properties": CHAT},
                     "job",
                 ),
                 "responses": {
@@ -243,6 +160,60 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {"200": {"description": "A model list"}, "401": _ERRORS["401"]},
             }
         },
+        "/v1/models/{model}": {
+            "get": {
+                "summary": "One model with a live worker",
+                "parameters": [
+                    {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": {"description": "A model card"}, "404": _ERRORS["404"]},
+            }
+        },
+        "/tokenize": {
+            "post": {
+                "summary": "Text -> token ids with the model's vocabulary (llama-server's)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["content"],
+                                "properties": {
+                                    "content": {"type": "string"},
+                                    "model": {"type": "string"},
+                                    "add_special": {"type": "boolean", "default": False},
+                                    "parse_special": {"type": "boolean", "default": True},
+                                    "with_pieces": {"type": "boolean", "default": False},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": {"description": "{tokens}"}, **_ERRORS},
+            }
+        },
+        "/detokenize": {
+            "post": {
+                "summary": "Token ids -> text with the model's vocabulary (llama-server's)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["tokens"],
+                                "properties": {
+                                    "tokens": {"type": "array", "items": {"type": "integer"}},
+                                    "model": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": {"description": "{content}"}, **_ERRORS},
+            }
+        },
         "/health": {
             "get": {
                 "summary": "Liveness (always open, no dependencies)",
@@ -264,6 +235,8 @@ DOCUMENT: dict[str, Any] = {
         },
     },
 }
+# Embeddings, collections, documents and search (docs/retrieval.md).
+DOCUMENT["paths"].update(RETRIEVAL_PATHS)
 
 
 async def openapi_handler(request: web.Request) -> web.Response:

@@ -3,37 +3,38 @@
 Pure: no I/O, so every rule here is unit-tested without a server. Each field
 of the request structs (gateway/openai_types.py) is either honoured (it
 shapes the job or the response) or refused with a 400 naming it; a value
-that changes nothing (a zero penalty, the `text` response format, `user`)
-is accepted. Nothing is written to Redis for a refused request.
+that changes nothing (the `text` response format, `user`) is accepted.
+Nothing is written to Redis for a refused request.
+
+Chat messages are read in gateway/messages.py, tools in gateway/tools.py,
+`response_format` in gateway/structured.py; both turn into a grammar in
+the job's params when the answer must have a shape (compiling one loads
+llama.cpp's library at first use; still no I/O per request).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 
+from gateway import structured, tools
 from gateway.errors import BadRequest
-from gateway.openai_types import (
-    ChatCompletionRequest,
-    ChatMessage,
-    CompletionRequest,
-    ResponseFormat,
-)
+from gateway.messages import messages as parse_messages
+from gateway.openai_types import ChatCompletionRequest, CompletionRequest
 from streamworker.protocol.wire import GenerationParams, JobKind, JobRequest, Message
 
 if TYPE_CHECKING:
     from gateway.settings import GatewaySettings
+    from gateway.tools import ToolPlan
 
 T = TypeVar("T")
 
-# OpenAI's roles -> the roles of a chat template; `developer` is the newer
-# name of `system`.
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-# Response formats that a later release will honour, refused until then.
-PLANNED_FORMATS = frozenset({"json_object", "json_schema"})
+# Params whose nested fields are reported as the param itself: clients (and
+# OpenAI) name `response_format` or `logit_bias` for anything wrong inside.
+WHOLE_PARAMS = ("response_format", "logit_bias")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,9 @@ class Caller:
     request_id: str = ""
     owner: str = ""  # the API key's name; "" without a key
     idempotency_key: str | None = None
+    # Retrieved sources (retrieval-augmented chat, gateway/rag.py): put first
+    # as a system message.
+    context: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +61,19 @@ class NewJob:
     stream: bool
     include_usage: bool
     timeout: float | None
+    # A legacy batch (`prompt` as a list): the other prompts, each its own
+    # job. Choices are numbered in order: n for `request`, then n for each.
+    batch: tuple[JobRequest, ...] = ()
+    # The request's tools, when the answer may call them.
+    tools: ToolPlan | None = None
 
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def requests(self) -> tuple[JobRequest, ...]:
+        return (self.request, *self.batch)
 
 
 class Parser(Protocol):
@@ -71,9 +84,13 @@ class Parser(Protocol):
 
 def _param_of(exc: msgspec.ValidationError) -> str | None:
     text = str(exc)
-    if "`$." in text:
-        return text.rsplit("`$.", 1)[1].rstrip("`")
-    return None
+    if "`$." not in text:
+        return None
+    param = text.rsplit("`$.", 1)[1].rstrip("`")
+    for whole in WHOLE_PARAMS:
+        if param.startswith((whole + ".", whole + "[")):
+            return whole
+    return param
 
 
 def decode_body(body: bytes, cls: type[T]) -> T:
@@ -91,130 +108,29 @@ def _refuse(param: str, message: str) -> BadRequest:
     return BadRequest(message, param=param, code="unsupported_parameter")
 
 
-def _zero_or_refuse(param: str, value: float | None) -> None:
-    if value:  # None and 0 change nothing
-        raise _refuse(param, f"{param} is not supported; send 0 or leave it out.")
+def _n(value: int | None, settings: GatewaySettings) -> int:
+    if value is None:
+        return 1
+    if value > settings.max_n:
+        raise BadRequest(f"n must be at most {settings.max_n}.", param="n")
+    return value
 
 
-def _check_response_format(fmt: ResponseFormat | None) -> None:
-    if fmt is None or fmt.type == "text":
-        return
-    if fmt.type in PLANNED_FORMATS:
-        raise _refuse(
-            "response_format",
-            f"response_format '{fmt.type}' is not supported yet; only 'text' is.",
-        )
-    raise BadRequest(
-        f"Unknown response_format type '{fmt.type}'; expected 'text'.",
-        param="response_format",
-        code="invalid_value",
-    )
-
-
-def _check_shared(
-    req: ChatCompletionRequest | CompletionRequest, settings: GatewaySettings
-) -> None:
-    """The checks both endpoints share."""
-    if req.n not in (None, 1):
-        raise _refuse("n", "Only n=1 is supported.")
-    if req.stream_options is not None and not req.stream:
-        raise BadRequest(
-            "stream_options is only allowed when stream is true.", param="stream_options"
-        )
-    if req.timeout is not None and req.timeout > settings.max_timeout_seconds:
-        raise BadRequest(
-            f"timeout must be at most {settings.max_timeout_seconds} seconds.", param="timeout"
-        )
-    # Penalties and biases would change which tokens are sampled; the engines
-    # apply none, so only their no-op values pass.
-    _zero_or_refuse("presence_penalty", req.presence_penalty)
-    _zero_or_refuse("frequency_penalty", req.frequency_penalty)
-    if req.logit_bias:
-        raise _refuse("logit_bias", "logit_bias is not supported; leave it out.")
-
-
-def _check_chat_only(req: ChatCompletionRequest) -> None:
-    if req.tools:
-        raise _refuse("tools", "Tool calling is not supported.")
-    if req.tool_choice not in (None, "none"):
-        raise _refuse(
-            "tool_choice", "Tool calling is not supported; tool_choice may only be 'none'."
-        )
-    if req.functions:
-        raise _refuse("functions", "Function calling is not supported.")
-    if req.function_call not in (None, "none"):
-        raise _refuse("function_call", "Function calling is not supported.")
-    if req.logprobs:
-        raise _refuse("logprobs", "logprobs are not supported.")
-    _zero_or_refuse("top_logprobs", req.top_logprobs)
-    _check_response_format(req.response_format)
-
-
-def _check_completion_only(req: CompletionRequest) -> None:
-    if req.best_of not in (None, 1):
-        raise _refuse("best_of", "best_of is not supported; send 1 or leave it out.")
-    if req.echo:
-        raise _refuse("echo", "echo is not supported; leave it out.")
-    if req.suffix:
-        raise _refuse("suffix", "suffix (insertion) is not supported; leave it out.")
-    if req.logprobs is not None:
-        raise _refuse("logprobs", "logprobs are not supported.")
-
-
-def _text_of(msg: ChatMessage, index: int) -> str:
-    if isinstance(msg.content, str):
-        return msg.content
-    if msg.content is None:
-        raise BadRequest("Message content is required.", param=f"messages[{index}].content")
-    parts = []
-    for j, part in enumerate(msg.content):
-        param = f"messages[{index}].content[{j}]"
-        if part.type != "text":
-            raise _refuse(
-                f"{param}.type", f"Content part type '{part.type}' is not supported; only 'text'."
-            )
-        if part.text is None:
-            raise BadRequest("A text content part needs 'text'.", param=f"{param}.text")
-        parts.append(part.text)
-    return "".join(parts)
-
-
-def _messages(raw: list[ChatMessage], settings: GatewaySettings) -> list[Message]:
-    if not raw:
-        raise BadRequest("messages must contain at least one message.", param="messages")
-    if len(raw) > settings.max_messages:
-        raise BadRequest(f"At most {settings.max_messages} messages are allowed.", param="messages")
-    messages = []
-    for i, m in enumerate(raw):
-        role = ROLES.get(m.role)
-        if role is None:
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            token = -1
+        if token < 0 or str(token) != key.strip():
             raise BadRequest(
-                f"Unknown role '{m.role}'; expected one of system, developer, user, assistant.",
-                param=f"messages[{i}].role",
+                f"logit_bias keys are token ids; '{key[:20]}' is not one.", param="logit_bias"
             )
-        if m.name is not None:
-            # A chat template has no place for it: dropping it would let one
-            # participant's words pass as another's.
-            raise _refuse(f"messages[{i}].name", "Message names are not supported; leave it out.")
-        text = _text_of(m, i)
-        if len(text) > settings.max_message_chars:
-            raise BadRequest(
-                f"Message {i} is longer than {settings.max_message_chars} characters.",
-                param=f"messages[{i}].content",
-            )
-        messages.append(Message(role, text))
-    return messages
-
-
-def _prompt(prompt: str | list[str], settings: GatewaySettings) -> str:
-    if isinstance(prompt, list):
-        # A list is a batch: one completion per prompt. One is all we make.
-        if len(prompt) != 1:
-            raise _refuse("prompt", "Send exactly one prompt; a batch of prompts is not supported.")
-        prompt = prompt[0]
-    if len(prompt) > settings.max_message_chars:
-        raise BadRequest("The prompt is too long.", param="prompt")
-    return prompt
+        if not -100 <= value <= 100:
+            raise BadRequest("logit_bias values must be between -100 and 100.", param="logit_bias")
+        out[token] = float(value)
+    return out
 
 
 def _stops(stop: str | list[str] | None, settings: GatewaySettings) -> tuple[str, ...]:
@@ -236,14 +152,23 @@ def _max_tokens(value: int | None, settings: GatewaySettings, param: str) -> int
     return value
 
 
-def _job(
+def _params(
     req: ChatCompletionRequest | CompletionRequest,
-    messages: list[Message],
-    max_tokens: int,
     settings: GatewaySettings,
-    caller: Caller,
-) -> NewJob:
-    params = GenerationParams(
+    max_tokens: int,
+    **shape: Any,
+) -> GenerationParams:
+    """The sampling both endpoints share, plus the endpoint's own `shape`
+    (grammar, logprobs, echo)."""
+    if req.stream_options is not None and not req.stream:
+        raise BadRequest(
+            "stream_options is only allowed when stream is true.", param="stream_options"
+        )
+    if req.timeout is not None and req.timeout > settings.max_timeout_seconds:
+        raise BadRequest(
+            f"timeout must be at most {settings.max_timeout_seconds} seconds.", param="timeout"
+        )
+    return GenerationParams(
         max_tokens=max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
@@ -251,40 +176,147 @@ def _job(
         # Pin a seed even when the client sent none, so a rerun after a crash
         # samples the same way where the engine allows.
         seed=req.seed if req.seed is not None else random.randrange(1 << 31),
+        top_k=req.top_k or 0,
+        min_p=req.min_p or 0.0,
+        repeat_penalty=1.0 if req.repeat_penalty is None else req.repeat_penalty,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        logit_bias=_logit_bias(req.logit_bias),
+        n=_n(req.n, settings),
+        **shape,
     )
+
+
+def _new_job(
+    req: ChatCompletionRequest | CompletionRequest,
+    requests: list[JobRequest],
+    caller: Caller,
+    plan: ToolPlan | None = None,
+) -> NewJob:
     return NewJob(
         model=req.model,
-        request=JobRequest(
-            kind=JobKind.CHAT, messages=messages, params=params, request_id=caller.request_id
-        ),
+        request=requests[0],
         owner=caller.owner,
         idempotency_key=caller.idempotency_key,
         stream=bool(req.stream),
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         timeout=req.timeout,
+        batch=tuple(requests[1:]),
+        tools=plan,
     )
+
+
+# -- chat -------------------------------------------------------------------------------
+
+
+def _chat_shape(req: ChatCompletionRequest, plan: ToolPlan | None) -> dict[str, Any]:
+    if req.functions:
+        raise _refuse("functions", "functions is deprecated and not supported; send tools.")
+    if req.function_call not in (None, "none"):
+        raise _refuse("function_call", "function_call is not supported; send tool_choice.")
+    if req.top_logprobs and not req.logprobs:
+        raise BadRequest("top_logprobs needs logprobs: true.", param="top_logprobs")
+    grammar = structured.grammar(req.response_format)
+    if plan is not None:
+        if grammar and not plan.constrained:
+            raise _refuse(
+                "response_format",
+                "response_format with tools is only supported with tool_choice "
+                "'required' or a named function; send one or the other.",
+            )
+        grammar = tools.grammar(plan) or grammar
+    return {
+        "grammar": grammar,
+        "logprobs": bool(req.logprobs),
+        "top_logprobs": req.top_logprobs or 0,
+    }
 
 
 def parse_chat(body: bytes, settings: GatewaySettings, caller: Caller) -> NewJob:
     """A /v1/chat/completions (or /v1/jobs) body -> its job, or BadRequest."""
     req = decode_body(body, ChatCompletionRequest)
-    _check_shared(req, settings)
-    _check_chat_only(req)
-    messages = _messages(req.messages, settings)
+    plan = tools.plan(req.tools, req.tool_choice, req.parallel_tool_calls)
+    messages = parse_messages(req.messages, settings)
+    if caller.context:
+        messages = [Message("system", caller.context), *messages]
+    if plan is not None:
+        # The tools are described first, in the generic format (gateway/tools.py).
+        messages = [Message("system", tools.instructions(plan)), *messages]
     # max_completion_tokens is the newer name; it wins when both are sent.
     if req.max_completion_tokens is not None:
         max_tokens = _max_tokens(req.max_completion_tokens, settings, "max_completion_tokens")
     else:
         max_tokens = _max_tokens(req.max_tokens, settings, "max_tokens")
-    return _job(req, messages, max_tokens, settings, caller)
+    params = _params(req, settings, max_tokens, **_chat_shape(req, plan))
+    request = JobRequest(
+        kind=JobKind.CHAT, messages=messages, params=params, request_id=caller.request_id
+    )
+    return _new_job(req, [request], caller, plan)
+
+
+# -- legacy completions -------------------------------------------------------------------
+
+
+def _token_ids(value: list[Any], param: str) -> list[int]:
+    if not value:
+        raise BadRequest("A token-id prompt must not be empty.", param=param)
+    for i, t in enumerate(value):
+        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+            raise BadRequest("Token ids are non-negative integers.", param=f"{param}[{i}]")
+    return value
+
+
+def _prompts(prompt: str | list[Any], settings: GatewaySettings) -> list[str | list[int]]:
+    """`prompt` in any of its four shapes -> one raw prompt per job."""
+    if isinstance(prompt, str):
+        prompts: list[str | list[int]] = [prompt]
+    elif not prompt:
+        raise BadRequest("prompt must not be an empty list.", param="prompt")
+    elif all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+        prompts = [_token_ids(prompt, "prompt")]
+    else:
+        prompts = []
+        for i, p in enumerate(prompt):
+            if isinstance(p, str):
+                prompts.append(p)
+            elif isinstance(p, list):
+                prompts.append(_token_ids(p, f"prompt[{i}]"))
+            else:
+                raise BadRequest(
+                    "prompt is a string, a list of strings, a list of token ids or a "
+                    "list of token-id lists.",
+                    param=f"prompt[{i}]",
+                )
+    if len(prompts) > settings.max_batch_prompts:
+        raise BadRequest(
+            f"At most {settings.max_batch_prompts} prompts per request.", param="prompt"
+        )
+    for i, p in enumerate(prompts):
+        if len(p) > settings.max_message_chars:
+            raise BadRequest(
+                "The prompt is too long.", param="prompt" if i == 0 else f"prompt[{i}]"
+            )
+    return prompts
 
 
 def parse_completion(body: bytes, settings: GatewaySettings, caller: Caller) -> NewJob:
-    """A legacy /v1/completions body -> its job (the prompt as one user
-    message), or BadRequest."""
+    """A legacy /v1/completions body -> its job (the raw prompt, no chat
+    template; a batch of prompts is a job each), or BadRequest."""
     req = decode_body(body, CompletionRequest)
-    _check_shared(req, settings)
-    _check_completion_only(req)
-    prompt = _prompt(req.prompt, settings)
+    if req.best_of not in (None, 1):
+        raise _refuse("best_of", "best_of is not supported; send 1 or leave it out.")
+    if req.suffix:
+        raise _refuse("suffix", "suffix (insertion) is not supported; leave it out.")
+    prompts = _prompts(req.prompt, settings)
     max_tokens = _max_tokens(req.max_tokens, settings, "max_tokens")
-    return _job(req, [Message("user", prompt)], max_tokens, settings, caller)
+    shape = {
+        "logprobs": req.logprobs is not None,
+        "top_logprobs": req.logprobs or 0,
+        "echo": bool(req.echo),
+    }
+    params = _params(req, settings, max_tokens, **shape)
+    requests = [
+        JobRequest(kind=JobKind.COMPLETION, prompt=p, params=params, request_id=caller.request_id)
+        for p in prompts
+    ]
+    return _new_job(req, requests, caller)

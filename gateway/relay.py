@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -26,8 +26,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Text:
+    """New log entries, in order: `text` is all of them joined (the jobs
+    API's view); `entries` keep each token's choice and logprobs for the
+    renderers."""
+
     seq: int  # sequence number of the last token in this piece
     text: str
+    entries: tuple[LogEntry, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +72,7 @@ class Relay:
             return None
         fresh = entries[skip:]
         self.next_seq = first + len(entries)
-        return Text(self.next_seq - 1, "".join(e.text for e in fresh))
+        return Text(self.next_seq - 1, "".join(e.text for e in fresh), tuple(fresh))
 
     async def _catch_up(self) -> Text | None:
         entries = await self.jobs.log(self.model, self.job_id, self.next_seq)

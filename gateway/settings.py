@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 import msgspec
@@ -14,6 +15,12 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 class GatewaySettings(msgspec.Struct, kw_only=True):
     gateway_host: str = "127.0.0.1"
     gateway_port: Port = 8080
+    # Processes serving the port: a number, or "auto" for one per core. More
+    # than one runs under a supervisor (gateway/supervisor.py), each process
+    # binding the port with SO_REUSEPORT.
+    gateway_workers: Annotated[str, msgspec.Meta(pattern=r"^(auto|[1-9][0-9]*)$")] = "1"
+    # SIGTERM: requests in flight (streams included) get this long to finish.
+    gateway_shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0)] = 25.0
     environment: Literal["development", "production"] = "development"
     # Queued jobs per model before 429. 0: MAX_QUEUE_PER_SLOT x live capacity.
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 0
@@ -26,6 +33,10 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     max_messages: PositiveInt = 256
     max_message_chars: PositiveInt = 200_000
     max_stop_sequences: PositiveInt = 4
+    # Choices one request may ask for (`n`); each is a sequence on a worker.
+    max_n: PositiveInt = 8
+    # Prompts in one legacy /v1/completions batch; each is its own job.
+    max_batch_prompts: PositiveInt = 16
     max_timeout_seconds: PositiveFloat = 3600.0
     # -- security (gateway/auth.py, ratelimit.py, cors.py; docs/operations.md) --
     # Refuse requests without a valid Bearer key (OpenAI's own env name). Production
@@ -44,6 +55,13 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     cors_allow_origins: str = ""
     # Log prompt text at DEBUG (never in production). Off: prompts never logged.
     log_prompts: bool = False
+
+    def processes(self) -> int:
+        """GATEWAY_WORKERS as a number of processes ("auto": the cores this
+        process may run on)."""
+        if self.gateway_workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        return int(self.gateway_workers)
 
     def __repr__(self) -> str:
         # Settings end up in tracebacks and debug prints: mask the secret.

@@ -1,6 +1,9 @@
 """The demo: a private redis-server, one worker on the bundled model, the
-gateway, then one streamed answer. Keeps serving until Ctrl-C (--once: exit
-after the answer). Run it as `sh ops/dev.sh demo`."""
+gateway, then two streamed answers side by side: a raw completion
+(/v1/completions, what a base model does well: it continues text) and a
+chat answer (/v1/chat/completions, a chat template the base model was never
+trained on). Keeps serving until Ctrl-C (--once: exit after the answers).
+Run it as `sh ops/dev.sh demo`."""
 
 from __future__ import annotations
 
@@ -35,12 +38,46 @@ def wait_until(url: str, what: str, timeout: float, procs: list[subprocess.Popen
     sys.exit(f"demo: {what} not ready after {timeout:.0f}s")
 
 
+def raw_completion(client: OpenAI, model: str, text: str) -> None:
+    """The base model's natural use: continue a text (no chat template)."""
+    print("\n-- /v1/completions: a raw completion (what a base model does well)\n")
+    print(text, end="", flush=True)
+    stream = client.completions.create(
+        model=model, prompt=text, max_tokens=48, temperature=0.7, seed=7, stream=True
+    )
+    for chunk in stream:
+        if chunk.choices:
+            print(chunk.choices[0].text, end="", flush=True)
+    print()
+
+
+def chat_answer(client: OpenAI, model: str, prompt: str) -> None:
+    """A chat answer, streamed over SSE; a base model was not trained for chat,
+    so expect less from it than from an instruction-tuned GGUF."""
+    print(f"\n-- /v1/chat/completions: a streamed chat answer\n\n> {prompt}\n")
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=64,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            print(chunk.choices[0].delta.content, end="", flush=True)
+        if chunk.usage:
+            print(f"\n\n[{chunk.usage.completion_tokens} tokens streamed over SSE]")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--once", action="store_true", help="exit after the streamed answer")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", 8080)))
     parser.add_argument("--redis-port", type=int, default=int(os.environ.get("REDIS_PORT", 6399)))
     parser.add_argument("--prompt", default="Write one sentence about the sea.")
+    parser.add_argument(
+        "--text", default="The old lighthouse keeper climbed the stairs and", help="raw prompt"
+    )
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         sys.exit("demo: redis-server is missing; run `sh ops/dev.sh demo` to install it")
@@ -91,23 +128,15 @@ def main() -> int:
         print(f"demo: logs in {data / 'services.log'}")
         wait_until(base + "/ready", "the gateway and a worker", 180, procs)
         client = OpenAI(base_url=base + "/v1", api_key="demo")
-        print(f"\n> {args.prompt}\n")
-        stream = client.chat.completions.create(
-            model=os.environ.get("MODEL_NAME", "gemma-3-270m"),
-            messages=[{"role": "user", "content": args.prompt}],
-            max_tokens=64,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                print(chunk.choices[0].delta.content, end="", flush=True)
-            if chunk.usage:
-                print(f"\n\n[{chunk.usage.completion_tokens} tokens streamed over SSE]")
+        model = os.environ.get("MODEL_NAME", "gemma-3-270m")
+        raw_completion(client, model, args.text)
+        chat_answer(client, model, args.prompt)
         if args.once:
             return 0
         print(
-            f"\ndemo: serving on {base}; try\n  curl -N {base}/v1/chat/completions -d "
+            f"\ndemo: serving on {base}; try\n  curl -N {base}/v1/completions -d "
+            '\'{"model":"gemma-3-270m","prompt":"Once upon a time","stream":true}\'\n'
+            f"  curl -N {base}/v1/chat/completions -d "
             '\'{"model":"gemma-3-270m","messages":[{"role":"user","content":"Hi"}],'
             '"stream":true}\'\nCtrl-C to stop.'
         )

@@ -15,6 +15,7 @@ if [ "${1:-}" = "test" ]; then
     command -v promtool >/dev/null 2>&1 || need="$need prometheus"
     command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
     command -v docker-compose >/dev/null 2>&1 || need="$need docker-compose"
+    command -v kubectl >/dev/null 2>&1 || need="$need kubernetes-client"
 fi
 if [ -n "$need" ]; then
     echo ">> installing Debian packages:$need" >&2

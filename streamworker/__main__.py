@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -15,8 +16,10 @@ import msgspec
 from streamworker import capacity as capacity_mod
 from streamworker import instance
 from streamworker.engines import load_engine
-from streamworker.heartbeat import Heartbeat, engine_alive
+from streamworker.engines.embedder import Embedder
+from streamworker.heartbeat import Heartbeat, WatchedEngine, engine_alive
 from streamworker.metrics import WorkerMetrics
+from streamworker.notify import WorkerNotifications
 from streamworker.protocol import registry
 from streamworker.protocol.connections import connect
 from streamworker.protocol.consumer import JobConsumer
@@ -28,9 +31,12 @@ from streamworker.protocol.settings import (
     SettingsError,
     from_env,
 )
+from streamworker.retry import with_backoff
+from streamworker.sdnotify import Notifier
 from streamworker.semaphore import GpuSemaphore
 from streamworker.settings import (
     METRICS_PORT_BASE,
+    EmbeddingSettings,
     EngineSettings,
     QdrantSettings,
     WorkerSettings,
@@ -48,6 +54,7 @@ async def run_worker(
     queue_settings: QueueSettings,
     engine_settings: EngineSettings,
     worker_settings: WorkerSettings,
+    embedding_settings: EmbeddingSettings | None = None,
 ) -> int:
     """Take a name and a metrics port before the model loads, so a clash
     stops the start at once (SettingsError), then serve."""
@@ -60,7 +67,14 @@ async def run_worker(
             instance=worker_settings.instance_number(),
         )
         try:
-            return await _serve(redis, lease, queue_settings, engine_settings, worker_settings)
+            return await _serve(
+                redis,
+                lease,
+                queue_settings,
+                engine_settings,
+                worker_settings,
+                embedding_settings or EmbeddingSettings(),
+            )
         finally:
             await lease.release()
     finally:
@@ -100,6 +114,7 @@ async def _serve(
     queue_settings: QueueSettings,
     engine_settings: EngineSettings,
     worker_settings: WorkerSettings,
+    embedding_settings: EmbeddingSettings,
 ) -> int:
     """Serve until SIGTERM, the engine's death (exit 1) or the loss of the
     worker's name to another process (exit 1)."""
@@ -119,12 +134,20 @@ async def _serve(
         failed = True
         stop.set()
 
+    # systemd's notification socket, when it runs us (Type=notify).
+    notifier = Notifier.from_env()
     async with anyio.create_task_group() as tg:
         tg.start_soon(lease.keep, fail)
         cap = capacity_mod.resolve(worker_settings.worker_concurrency, engine_settings)
         log.info("capacity: %d slot(s) on %s (%s)", cap.slots, cap.gpu, cap.reason)
+        notifier.status(f"loading {engine_settings.model_name} for {cap.slots} slot(s)")
         engine_settings = msgspec.structs.replace(engine_settings, slots=cap.slots)
-        engine = await anyio.to_thread.run_sync(load_engine, engine_settings)
+        # Watched: a decode that stops making progress counts as a dead engine.
+        engine = WatchedEngine(
+            await anyio.to_thread.run_sync(load_engine, engine_settings),
+            worker_settings.worker_engine_stall_seconds,
+        )
+        embedder = Embedder(embedding_settings)
         metrics.capacity.set(cap.slots)
         consumer = JobConsumer(
             redis,
@@ -155,6 +178,8 @@ async def _serve(
             metrics=metrics,
             semaphore=semaphore,
             live_workers=live_ids,
+            # Jobs of kind `embedding`; the model loads on the first one.
+            embedder=embedder,
         )
         heartbeat = Heartbeat(
             redis,
@@ -187,9 +212,23 @@ async def _serve(
             log.error("engine stopped: draining and exiting")
             fail()
 
+        notifications = WorkerNotifications(notifier, worker)
+
+        async def systemd() -> None:
+            # Ready once the model is loaded (above) and the group is joined.
+            await with_backoff(consumer.ensure_group)
+            notifications.ready()
+            tg.start_soon(notifications.run)
+            await stop.wait()  # SIGTERM, a dead engine or a lost name
+            notifications.stopping()
+
         tg.start_soon(signals)
         tg.start_soon(watchdog)
         tg.start_soon(heartbeat.run)
+        # From the event loop: a hung loop, or a dead or stuck engine, stops
+        # the pings, and systemd restarts the worker after WatchdogSec.
+        tg.start_soon(notifier.keep_alive, lambda: engine_alive(engine))
+        tg.start_soon(systemd)
         log.info(
             "worker %s serving %s with engine %s, metrics %s",
             worker.name,
@@ -201,7 +240,9 @@ async def _serve(
         tg.cancel_scope.cancel()
     await heartbeat.withdraw()
     engine.close()
+    embedder.close()
     log.info("worker %s stopped after %d job(s)", worker.name, worker.jobs_done)
+    notifier.close()
     return 1 if failed else 0
 
 
@@ -218,6 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("inspect", help="streams, groups, consumers, pending, workers")
     sub.add_parser("capacity", help="how WORKER_CONCURRENCY=auto would size this host")
     sub.add_parser("qdrant", help="check the retrieval store (QDRANT_* settings)")
+    ingest = sub.add_parser("ingest", help="send .txt, .md and .pdf files to a collection")
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    ingest.add_argument("--collection", required=True, help="made if missing")
+    ingest.add_argument(
+        "--url",
+        default=os.environ.get("GATEWAY_URL") or "http://127.0.0.1:8080",
+        help="the gateway (GATEWAY_URL)",
+    )
+    ingest.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="a gateway key")
+    ingest.add_argument("--api-prefix", default=os.environ.get("API_PREFIX") or "/api/v1")
     dead = sub.add_parser("dead", help="dead-lettered jobs")
     dead_sub = dead.add_subparsers(dest="dead_command", required=True)
     dead_list = dead_sub.add_parser("list")
@@ -227,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--model")
     args = parser.parse_args(argv)
     command = args.command or "run"
+    if command == "ingest":
+        # Talks to the gateway only: no Redis, no store, no model here.
+        from streamworker import cli
+
+        return cli.ingest(args)
     try:
         redis_settings = from_env(RedisSettings, redis_url=args.redis_url)
         queue_settings = from_env(QueueSettings)
@@ -237,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                 model_path=getattr(args, "model_path", None),
                 model_name=getattr(args, "model_name", None),
             )
+            embedding_settings = from_env(EmbeddingSettings)
             worker_settings = from_env(
                 WorkerSettings,
                 worker_concurrency=getattr(args, "concurrency", None),
@@ -268,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 queue_settings,
                 engine_settings,
                 worker_settings,
+                embedding_settings,
                 backend_options={"use_uvloop": True},
             )
         except SettingsError as exc:

@@ -4,12 +4,13 @@ reach Redis, says so on its /health and leaves the registry."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from redis.exceptions import RedisError
@@ -21,7 +22,8 @@ from streamworker.protocol.registry import WorkerInfo
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from streamworker.engines.base import Engine
+    from streamworker.engines.base import Done, Engine, Piece
+    from streamworker.protocol.wire import Message
 
 log = logging.getLogger("streamworker.heartbeat")
 
@@ -31,6 +33,62 @@ def engine_alive(engine: object) -> bool:
     `alive()`; the others live exactly as long as the process."""
     alive = getattr(engine, "alive", None)
     return bool(alive()) if callable(alive) else True
+
+
+class WatchedEngine:
+    """An engine as the worker's health sees it: dead when its decode thread
+    is gone (`alive()`), and also when it is stuck: generations are in
+    flight but none has produced anything for `stall_seconds`. A decode
+    thread blocked in llama.cpp is alive as a thread, yet it serves nothing;
+    only its lack of progress shows it. The clock is the whole engine's, not
+    one job's: jobs waiting on a single-sequence engine's lock make no
+    progress of their own while another job runs. `stall_seconds` must
+    exceed the longest prompt's prefill (0: never judged stuck).
+
+    Everything else is the wrapped engine's (attribute access passes through)."""
+
+    def __init__(self, engine: Engine, stall_seconds: float) -> None:
+        self.inner = engine
+        self.stall_seconds = stall_seconds
+        self.in_flight = 0
+        self.last_progress = time.monotonic()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.inner.n_ctx
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        return self.inner.count_prompt_tokens(messages)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def stalled(self) -> bool:
+        return (
+            self.stall_seconds > 0
+            and self.in_flight > 0
+            and time.monotonic() - self.last_progress > self.stall_seconds
+        )
+
+    def alive(self) -> bool:
+        return engine_alive(self.inner) and not self.stalled()
+
+    async def generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[Piece | Done]:
+        # The engine protocol's arguments, passed as they come.
+        if self.in_flight == 0:  # an idle engine was not stuck meanwhile
+            self.last_progress = time.monotonic()
+        self.in_flight += 1
+        try:
+            items = self.inner.generate(*args, **kwargs)
+            async with contextlib.aclosing(items) as pieces:  # type: ignore[type-var]
+                async for item in pieces:
+                    self.last_progress = time.monotonic()
+                    yield item
+        finally:
+            self.in_flight -= 1
 
 
 class Heartbeat:

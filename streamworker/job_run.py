@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from streamworker.engines.base import Done, EngineError, Piece
+from streamworker.engines.base import Done, EngineError
 from streamworker.protocol import logs
 from streamworker.protocol.outcomes import (
     END_MESSAGES,
@@ -29,7 +29,7 @@ from streamworker.protocol.outcomes import (
     Reply,
     StopReason,
 )
-from streamworker.protocol.record import now_ms
+from streamworker.protocol.record import choices_field, now_ms
 from streamworker.protocol.wire import End, JobKind, JobRequest, LogEntry
 from streamworker.retry import with_backoff
 
@@ -48,7 +48,7 @@ class UnsupportedKind(EngineError):
 
 
 # The kinds whose answer is generated text, token by token (this module).
-GENERATED_KINDS = frozenset({JobKind.CHAT})
+GENERATED_KINDS = frozenset({JobKind.CHAT, JobKind.COMPLETION})
 
 
 class JobRun:
@@ -109,10 +109,9 @@ class JobRun:
     async def _generate(self) -> None:
         if self.request.kind not in GENERATED_KINDS:
             raise UnsupportedKind(f"this worker does not run jobs of kind {self.request.kind!r}")
-        resume = [Piece(e.token, e.text) for e in self.resumed]
-        items = self.engine.generate(
-            self.request.messages, self.request.params, resume, self.cancel
-        )
+        # The engine yields log entries (with their choice and logprobs), so
+        # what it made is logged as it is, and a resume sees all of it.
+        items = self.engine.generate(self.request, self.resumed, self.cancel)
         async with contextlib.aclosing(items) as pieces:
             async for item in pieces:
                 if isinstance(item, Done):
@@ -120,7 +119,7 @@ class JobRun:
                     return
                 if self._first_token_at is None:
                     self._first_token_at = time.monotonic()
-                self._buffer.append(LogEntry(item.token, item.text))
+                self._buffer.append(item)
                 self._wake.set()
                 if now_ms() >= self.deadline_ms:
                     self.stop(StopReason.EXPIRED)
@@ -172,30 +171,35 @@ class JobRun:
         status = STOP_STATUS[self.stop_reason]
         done = self._done
         prompt_tokens = done.prompt_tokens if done else 0
-        completion = sum(1 for e in self.sent if e.token >= 0)  # -1: a text tail, no token
+        completion = completion_tokens(self.sent)
         code = STATUS_CODES.get(status)
+        completed = status is JobStatus.COMPLETED
+        n = max(1, self.request.params.n)
+        reasons = list(done.finish_reasons) if done and completed and n > 1 else None
         end = End(
             status=status.value,
-            finish_reason=(done.finish_reason if done else None)
-            if status is JobStatus.COMPLETED
-            else None,
+            finish_reason=(done.finish_reason if done else None) if completed else None,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion,
             code=code.value if code else None,
             message=END_MESSAGES[code] if code else None,
+            finish_reasons=reasons,
         )
+        texts = choice_texts(self.sent, n)
         fields: dict[str, str | int] = {
-            "text": "".join(e.text for e in self.sent),
+            "text": texts[0],
             "finish_reason": end.finish_reason or "",
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion,
         }
+        if n > 1:
+            fields["choices"] = choices_field(texts, reasons)
         ok = await with_backoff(lambda: self.consumer.finish(self.entry, self.attempt, end, fields))
         if not ok:
             log.warning("job %s: finish refused (stale attempt %d)", self.job_id, self.attempt)
             return
         if self.metrics:
-            new_tokens = completion - sum(1 for e in self.resumed if e.token >= 0)
+            new_tokens = completion - completion_tokens(self.resumed)
             self.metrics.job_finished(
                 status.value, new_tokens, t0, self._first_token_at, self.created_at_ms
             )
@@ -230,3 +234,18 @@ def bind_log_context(entry: Entry, request: JobRequest | None = None) -> None:
     logs.job_id.set(entry.job_id)
     if request is not None:
         logs.request_id.set(request.request_id or None)
+
+
+def completion_tokens(entries: list[LogEntry]) -> int:
+    """Generated tokens of every choice: a text tail (-1) and an echoed
+    prompt token are not completion tokens."""
+    return sum(1 for e in entries if e.token >= 0 and not e.echo)
+
+
+def choice_texts(entries: list[LogEntry], n: int) -> list[str]:
+    """Each choice's text, echo included: its entries in log order."""
+    parts: list[list[str]] = [[] for _ in range(n)]
+    for e in entries:
+        if 0 <= e.choice < n:
+            parts[e.choice].append(e.text)
+    return ["".join(p) for p in parts]

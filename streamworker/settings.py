@@ -1,4 +1,4 @@
-"""The worker's own settings: the engine, the worker process, and Qdrant.
+"""The worker's own settings: the engine, the embedder, the worker process.
 Redis and queue settings are shared with the gateway (protocol/settings.py);
 `from_env` builds these too."""
 
@@ -10,6 +10,10 @@ from typing import Annotated, Literal
 import msgspec
 
 from streamworker.protocol.settings import PositiveFloat, PositiveInt
+
+# Qdrant's settings live beside its connection, where the gateway (the one
+# process that opens the store) may import them; re-exported for the CLI.
+from streamworker.qdrant import QdrantSettings
 
 # The first worker's metrics port; the worker with instance number n uses
 # METRICS_PORT_BASE + n unless WORKER_METRICS_PORT says otherwise.
@@ -31,6 +35,10 @@ class EngineSettings(msgspec.Struct, kw_only=True):
     echo_token_interval_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     # Echo test double only: a user message containing this fails every time.
     echo_fail_marker: str = "ECHO_FAIL"
+    # Echo test double only: a user message containing this blocks the
+    # generating thread forever (the event loop, with ECHO_CONCURRENT): how
+    # the tests hang an engine to see the worker's watchdog stop. Empty: off.
+    echo_hang_marker: str = ""
     # Echo test double only: run every admitted job at once on the event loop
     # (no thread, slots = WORKER_CONCURRENCY), as a batched engine would; the
     # relay benchmark uses it to drive hundreds of streams from one worker.
@@ -57,6 +65,11 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
     worker_metrics_host: str = "127.0.0.1"
     worker_shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=0)] = 25.0
     worker_heartbeat_seconds: PositiveFloat = 2.0
+    # An engine with jobs in flight that yields nothing for this long is
+    # stuck (a decode thread blocked in llama.cpp): the worker stops its
+    # systemd watchdog pings and its heartbeat, and drains. Must exceed the
+    # longest prompt's prefill. 0: never judged stuck.
+    worker_engine_stall_seconds: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     # How long the stream read blocks before the loop looks at leases again.
     worker_block_ms: PositiveInt = 1000
     # GPU semaphore lease: a killed worker's GPU slots return after this long.
@@ -79,22 +92,23 @@ class WorkerSettings(msgspec.Struct, kw_only=True):
         return int(self.worker_instance) if self.worker_instance.isdecimal() else None
 
 
-class QdrantSettings(msgspec.Struct, kw_only=True):
-    """The retrieval store (the RAG guide's variables). No QDRANT_HOST means
-    Qdrant's embedded local mode: no server, data in QDRANT_PATH (or memory)."""
+class EmbeddingSettings(msgspec.Struct, kw_only=True):
+    """The model a worker embeds with (jobs of kind `embedding`). Loaded on the
+    first such job, so a worker that never embeds pays nothing."""
 
-    qdrant_host: str = ""
-    qdrant_path: str = ""
-    qdrant_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 6333
-    qdrant_grpc_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 6334
-    qdrant_api_key: str = ""
-    qdrant_prefer_grpc: bool = False
-    qdrant_https: bool = False
-    qdrant_timeout: PositiveFloat = 60.0
+    # Any GGUF model; empty: the bundled gemma-3-270m in mean-pooling mode.
+    embedding_model_path: str = ""
+    # Tokens per input (longer inputs fail the job with context_length_exceeded)
+    # and per engine call: one call embeds many inputs side by side.
+    embedding_n_ctx: PositiveInt = 2048
+    embedding_n_threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: llama.cpp decides
+    embedding_n_gpu_layers: int = -1
 
-    def __repr__(self) -> str:
-        key = "***" if self.qdrant_api_key else ""
-        return (
-            f"QdrantSettings(host={self.qdrant_host!r}, path={self.qdrant_path!r}, "
-            f"port={self.qdrant_port}, https={self.qdrant_https}, api_key={key!r})"
-        )
+
+__all__ = [
+    "METRICS_PORT_BASE",
+    "EmbeddingSettings",
+    "EngineSettings",
+    "QdrantSettings",
+    "WorkerSettings",
+]

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 import anyio
 from redis.exceptions import RedisError, ResponseError
 
+from streamworker.embedding_run import EmbeddingRun
 from streamworker.job_run import JobRun, bind_log_context
 from streamworker.protocol.outcomes import StopReason
-from streamworker.protocol.wire import decode_request
+from streamworker.protocol.wire import JobKind, decode_request
 from streamworker.retry import with_backoff
 from streamworker.semaphore import Grant
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from streamworker.engines.base import Engine
+    from streamworker.engines.embedder import Embedder
     from streamworker.metrics import WorkerMetrics
     from streamworker.protocol.consumer import Entry, JobConsumer
     from streamworker.semaphore import GpuSemaphore
@@ -46,6 +48,7 @@ class Worker:
         metrics: WorkerMetrics | None = None,
         semaphore: GpuSemaphore | None = None,
         live_workers: Callable[[], Awaitable[set[str]]] | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.consumer = consumer
         self.engine = engine
@@ -55,8 +58,9 @@ class Worker:
         self.metrics = metrics
         self.semaphore = semaphore
         self.live_workers = live_workers
+        self.embedder = embedder
         # entry id -> its job; None while the entry is read but not started.
-        self.active: dict[str, JobRun | None] = {}
+        self.active: dict[str, JobRun | EmbeddingRun | None] = {}
         self._slot_freed = anyio.Event()
         # When to look for entries of dead workers (or our own retries) next.
         self._next_reclaim = 0.0
@@ -222,7 +226,13 @@ class Worker:
                 return
             request = decode_request(entry.payload)
             bind_log_context(entry, request)
-            job = JobRun(self.consumer, self.engine, entry, started, request, self.metrics)
+            job: JobRun | EmbeddingRun
+            if request.kind is JobKind.EMBEDDING:
+                job = EmbeddingRun(
+                    self.consumer, self.embedder, entry, started, request, self.metrics
+                )
+            else:
+                job = JobRun(self.consumer, self.engine, entry, started, request, self.metrics)
             self.active[entry.entry_id] = job
             if self._handing_back:
                 job.stop(StopReason.HANDBACK)

@@ -42,12 +42,43 @@ CASES = [
         "messages[0].content[0].type",
     ),
     ("empty messages", {**GOOD, "messages": []}, 400, "messages"),
-    ("n > 1", {**GOOD, "n": 2}, 400, "n"),
+    ("n above MAX_N", {**GOOD, "n": 9}, 400, "n"),
+    ("n zero", {**GOOD, "n": 0}, 400, "n"),
     ("temperature too high", {**GOOD, "temperature": 3}, 400, "temperature"),
     ("max_tokens zero", {**GOOD, "max_tokens": 0}, 400, "max_tokens"),
     ("stop too long", {**GOOD, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-    ("tools", {**GOOD, "tools": [{"type": "function"}]}, 400, "tools"),
-    ("tool_choice", {**GOOD, "tool_choice": "auto"}, 400, "tool_choice"),
+    ("tool without function", {**GOOD, "tools": [{"type": "function"}]}, 400, "tools[0]"),
+    ("tool_choice without tools", {**GOOD, "tool_choice": "required"}, 400, "tool_choice"),
+    (
+        "tool_choice unknown function",
+        {
+            **GOOD,
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+        },
+        400,
+        "tool_choice",
+    ),
+    (
+        "tool message without tool_call_id",
+        {**GOOD, "messages": [{"role": "tool", "content": "x"}]},
+        400,
+        "messages[0].tool_call_id",
+    ),
+    (
+        "parallel_tool_calls not a bool",
+        {**GOOD, "parallel_tool_calls": 3},
+        400,
+        "parallel_tool_calls",
+    ),
+    ("top_logprobs above 20", {**GOOD, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+    ("top_logprobs without logprobs", {**GOOD, "top_logprobs": 2}, 400, "top_logprobs"),
+    ("logit_bias key", {**GOOD, "logit_bias": {"x": 1}}, 400, "logit_bias"),
+    ("logit_bias value", {**GOOD, "logit_bias": {"5": 200}}, 400, "logit_bias"),
+    ("top_k negative", {**GOOD, "top_k": -1}, 400, "top_k"),
+    ("min_p above 1", {**GOOD, "min_p": 2}, 400, "min_p"),
+    ("repeat_penalty zero", {**GOOD, "repeat_penalty": 0}, 400, "repeat_penalty"),
+    ("functions (deprecated)", {**GOOD, "functions": [{"name": "f"}]}, 400, "functions"),
     ("seed above int64", {**GOOD, "seed": 2**63}, 400, "seed"),
     ("seed below int64", {**GOOD, "seed": -(2**63) - 1}, 400, "seed"),
     (
@@ -63,18 +94,24 @@ CASES = [
         "response_format",
     ),
     (
-        "json response_format",
-        {**GOOD, "response_format": {"type": "json_object"}},
+        "json_schema without a schema object",
+        {**GOOD, "response_format": {"type": "json_schema"}},
         400,
         "response_format",
     ),
-    ("presence_penalty", {**GOOD, "presence_penalty": 0.5}, 400, "presence_penalty"),
     (
-        "message name",
-        {**GOOD, "messages": [{"role": "user", "content": "hi", "name": "bob"}]},
+        "json_schema the converter cannot read",
+        {
+            **GOOD,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "tuple"}},
+            },
+        },
         400,
-        "messages[0].name",
+        "response_format",
     ),
+    ("presence_penalty out of range", {**GOOD, "presence_penalty": 3}, 400, "presence_penalty"),
     ("missing model", {"messages": GOOD["messages"]}, 400, None),
     ("unknown model", {**GOOD, "model": "gpt-17"}, 404, "model"),
 ]
@@ -137,17 +174,21 @@ def test_refusals_through_the_openai_client(gateway_with_worker, r):
         (lambda: client.chat.completions.create(**chat, seed=2**63), "seed"),
         (
             lambda: client.chat.completions.create(
-                **chat, response_format={"type": "json_schema", "json_schema": {"name": "x"}}
+                **chat,
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}},
+                },
             ),
             "response_format",
         ),
         (
-            lambda: client.chat.completions.create(**chat, frequency_penalty=1.0),
-            "frequency_penalty",
+            lambda: client.chat.completions.create(**chat, logit_bias={"-3": 1}),
+            "logit_bias",
         ),
         (
-            lambda: client.completions.create(model="echo-test", prompt="hi", echo=True),
-            "echo",
+            lambda: client.completions.create(model="echo-test", prompt="hi", suffix="!"),
+            "suffix",
         ),
         (
             lambda: client.completions.create(

@@ -34,6 +34,7 @@ def test_bench_smoke_writes_report_and_chart(tmp_path: Path) -> None:
         "## 1. Added latency",
         "## 2. One stream",
         "## 3. Relay capacity",
+        "## 3b. Relay with several gateway processes",
         "## 4. Concurrent clients",
         "## 5. Worker memory",
     ):

@@ -19,7 +19,7 @@ import pytest
 from streamworker.engines.base import Done, Engine, Piece, PromptExceedsContext
 from streamworker.engines.batched import BatchedEngine
 from streamworker.engines.llama import LlamaEngine
-from streamworker.protocol.wire import GenerationParams, Message
+from streamworker.protocol.wire import GenerationParams, JobRequest, Message
 from streamworker.settings import EngineSettings
 from tests.conftest import client_for
 
@@ -60,9 +60,8 @@ async def collect(
     on_piece: object = None,
 ) -> Run:
     run = Run()
-    async for item in engine.generate(
-        [Message("user", prompt)], params, resume, cancel or threading.Event()
-    ):
+    request = JobRequest(messages=[Message("user", prompt)], params=params)
+    async for item in engine.generate(request, resume, cancel or threading.Event()):
         if isinstance(item, Done):
             run.done = item
         else:
@@ -200,7 +199,8 @@ def test_cancel_one_sequence_while_others_continue(
 
 def test_abandoned_generator_frees_its_slot(batched: BatchedEngine) -> None:
     async def main() -> None:
-        gen = batched.generate([Message("user", PROMPTS[2])], GREEDY, [], threading.Event())
+        request = JobRequest(messages=[Message("user", PROMPTS[2])], params=GREEDY)
+        gen = batched.generate(request, [], threading.Event())
         async for item in gen:
             assert isinstance(item, Piece)
             break

@@ -15,9 +15,20 @@ from tests.harness import ROOT
 
 pytestmark = pytest.mark.unit
 
-# The one piece of worker-side code the gateway runs: counting prompt tokens
-# with the worker's own template and vocabulary (gateway/context_window.py).
-SHARED_WITH_GATEWAY = {"streamworker.tokenizer"}
+# The worker-side code the gateway runs: counting prompt tokens with the
+# worker's own template and vocabulary (gateway/context_window.py), and
+# compiling JSON schemas to the grammars the worker's sampler loads
+# (gateway/structured.py); and the Qdrant settings and connection, which the
+# gateway opens (it owns the store) and the operator CLI checks.
+# And systemd's notification protocol (streamworker/sdnotify.py), which the
+# gateway speaks like the workers do: it imports nothing of either side (the
+# lowest layer of the worker's contract).
+SHARED_WITH_GATEWAY = {
+    "streamworker.tokenizer",
+    "streamworker.grammar",
+    "streamworker.qdrant",
+    "streamworker.sdnotify",
+}
 
 
 def test_import_linter_contracts_are_kept() -> None:

@@ -20,13 +20,20 @@ from gateway.openai_types import (
     ChatMessage,
     CompletionRequest,
     ContentPart,
+    FunctionCall,
+    FunctionDefinition,
+    FunctionName,
+    JsonSchemaFormat,
+    NamedToolChoice,
     ResponseFormat,
     StreamOptions,
+    Tool,
+    ToolCallIn,
 )
 from gateway.openapi import DOCUMENT
 from gateway.parsing import Caller, NewJob, parse_chat, parse_completion
 from gateway.settings import GatewaySettings
-from streamworker.protocol.wire import JobKind, Message
+from streamworker.protocol.wire import JobKind, Message, ToolCall
 
 pytestmark = pytest.mark.unit
 
@@ -77,15 +84,67 @@ class Refused:
 
 @dataclass(frozen=True)
 class Inert:
-    """Accepted and, on purpose, changes nothing: the job equals the default one."""
+    """Accepted and, on purpose, changes nothing: the job equals the one
+    `base` gives (the default request when `base` is empty)."""
 
     parse: Callable[..., NewJob]
     fields: dict[str, Any]
     why: str
+    base: dict[str, Any] | None = None
 
 
 def _params(job: NewJob) -> Any:
     return job.request.params
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def tool_def(**function: Any) -> dict[str, Any]:
+    return {"type": "function", "function": {**WEATHER["function"], **function}}
+
+
+def schema_format(**spec: Any) -> dict[str, Any]:
+    return {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "thing",
+                "schema": {"type": "object", "properties": {"zebra": {"type": "integer"}}},
+                **spec,
+            },
+        }
+    }
+
+
+def _instructions(job: NewJob) -> str:
+    first = job.request.messages[0]
+    return first.content if first.role == "system" else ""
+
+
+def _call0(job: NewJob) -> ToolCall | None:
+    calls = job.request.messages[0].tool_calls
+    return calls[0] if calls else None
+
+
+ASSISTANT_CALL = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ],
+}
 
 
 def _shared(parse: Callable[..., NewJob]) -> dict[str, Honoured | Refused | Inert]:
@@ -105,14 +164,27 @@ def _shared(parse: Callable[..., NewJob]) -> dict[str, Honoured | Refused | Iner
             {"stream": True, "stream_options": {"include_usage": True}},
             lambda j: j.include_usage,
         ),
-        "n": Refused(parse, {"n": 2}, "n"),
+        "n": Honoured(parse, {"n": 3}, lambda j: _params(j).n == 3),
         "timeout": Honoured(parse, {"timeout": 5}, lambda j: j.timeout == 5),
         "user": Inert(
             parse, {"user": "u-42"}, "metadata for OpenAI's abuse tracking; never logged"
         ),
-        "presence_penalty": Refused(parse, {"presence_penalty": 0.5}, "presence_penalty"),
-        "frequency_penalty": Refused(parse, {"frequency_penalty": -1}, "frequency_penalty"),
-        "logit_bias": Refused(parse, {"logit_bias": {"50256": -100}}, "logit_bias"),
+        "presence_penalty": Honoured(
+            parse, {"presence_penalty": 0.5}, lambda j: _params(j).presence_penalty == 0.5
+        ),
+        "frequency_penalty": Honoured(
+            parse, {"frequency_penalty": -1}, lambda j: _params(j).frequency_penalty == -1
+        ),
+        "logit_bias": Honoured(
+            parse,
+            {"logit_bias": {"50256": -100, "7": 2.5}},
+            lambda j: _params(j).logit_bias == {50256: -100.0, 7: 2.5},
+        ),
+        "top_k": Honoured(parse, {"top_k": 40}, lambda j: _params(j).top_k == 40),
+        "min_p": Honoured(parse, {"min_p": 0.05}, lambda j: _params(j).min_p == 0.05),
+        "repeat_penalty": Honoured(
+            parse, {"repeat_penalty": 1.1}, lambda j: _params(j).repeat_penalty == 1.1
+        ),
     }
 
 
@@ -127,14 +199,29 @@ DECISIONS: dict[type[msgspec.Struct], dict[str, Honoured | Refused | Inert]] = {
         "max_completion_tokens": Honoured(
             chat, {"max_completion_tokens": 9}, lambda j: _params(j).max_tokens == 9
         ),
-        "tools": Refused(chat, {"tools": [{"type": "function"}]}, "tools"),
-        "tool_choice": Refused(chat, {"tool_choice": "required"}, "tool_choice"),
+        "tools": Honoured(
+            chat,
+            {"tools": [WEATHER]},
+            lambda j: j.tools is not None and "get_weather" in _instructions(j),
+        ),
+        "tool_choice": Honoured(
+            chat,
+            {"tools": [WEATHER], "tool_choice": "required"},
+            lambda j: j.tools is not None and j.tools.mode == "required" and _params(j).grammar,
+        ),
+        "parallel_tool_calls": Honoured(
+            chat,
+            {"tools": [WEATHER], "parallel_tool_calls": False},
+            lambda j: j.tools is not None and not j.tools.parallel,
+        ),
         "functions": Refused(chat, {"functions": [{"name": "f"}]}, "functions"),
         "function_call": Refused(chat, {"function_call": "auto"}, "function_call"),
-        "logprobs": Refused(chat, {"logprobs": True}, "logprobs"),
-        "top_logprobs": Refused(chat, {"top_logprobs": 3}, "top_logprobs"),
-        "response_format": Refused(
-            chat, {"response_format": {"type": "json_object"}}, "response_format"
+        "logprobs": Honoured(chat, {"logprobs": True}, lambda j: _params(j).logprobs),
+        "top_logprobs": Honoured(
+            chat, {"logprobs": True, "top_logprobs": 3}, lambda j: _params(j).top_logprobs == 3
+        ),
+        "response_format": Honoured(
+            chat, {"response_format": {"type": "json_object"}}, lambda j: bool(_params(j).grammar)
         ),
     },
     CompletionRequest: {
@@ -142,12 +229,16 @@ DECISIONS: dict[type[msgspec.Struct], dict[str, Honoured | Refused | Inert]] = {
         "prompt": Honoured(
             text,
             {"prompt": ["once upon"]},
-            lambda j: j.request.messages == [Message("user", "once upon")],
+            lambda j: j.request.prompt == "once upon" and j.request.kind is JobKind.COMPLETION,
         ),
         "best_of": Refused(text, {"best_of": 3}, "best_of"),
-        "echo": Refused(text, {"echo": True}, "echo"),
+        "echo": Honoured(text, {"echo": True}, lambda j: _params(j).echo),
         "suffix": Refused(text, {"suffix": "end"}, "suffix"),
-        "logprobs": Refused(text, {"logprobs": 0}, "logprobs"),
+        "logprobs": Honoured(
+            text,
+            {"logprobs": 2},
+            lambda j: _params(j).logprobs and _params(j).top_logprobs == 2,
+        ),
     },
     ChatMessage: {
         "role": Honoured(
@@ -156,7 +247,19 @@ DECISIONS: dict[type[msgspec.Struct], dict[str, Honoured | Refused | Inert]] = {
         "content": Honoured(
             chat, one_message(content="hello"), lambda j: j.request.messages[0].content == "hello"
         ),
-        "name": Refused(chat, one_message(name="bob"), "messages[0].name"),
+        "name": Honoured(
+            chat, one_message(name="bob"), lambda j: j.request.messages[0].name == "bob"
+        ),
+        "tool_calls": Honoured(
+            chat,
+            {"messages": [ASSISTANT_CALL]},
+            lambda j: j.request.messages[0].tool_calls == [ToolCall("call_1", "f", "{}")],
+        ),
+        "tool_call_id": Honoured(
+            chat,
+            {"messages": [{"role": "tool", "content": "sunny", "tool_call_id": "call_1"}]},
+            lambda j: j.request.messages[0].tool_call_id == "call_1",
+        ),
     },
     ContentPart: {
         "type": Refused(
@@ -168,6 +271,40 @@ DECISIONS: dict[type[msgspec.Struct], dict[str, Honoured | Refused | Inert]] = {
             lambda j: j.request.messages[0].content == "ab",
         ),
     },
+    ToolCallIn: {
+        "id": Honoured(
+            chat, {"messages": [ASSISTANT_CALL]}, lambda j: j.request.messages[0].tool_calls
+        ),
+        "function": Honoured(
+            chat,
+            {"messages": [ASSISTANT_CALL]},
+            lambda j: _call0(j) is not None and _call0(j).name == "f",
+        ),
+        "type": Refused(
+            chat,
+            {
+                "messages": [
+                    {
+                        **ASSISTANT_CALL,
+                        "tool_calls": [{**ASSISTANT_CALL["tool_calls"][0], "type": "x"}],
+                    }
+                ]
+            },
+            "messages[0].tool_calls[0].type",
+        ),
+    },
+    FunctionCall: {
+        "name": Honoured(
+            chat,
+            {"messages": [ASSISTANT_CALL]},
+            lambda j: _call0(j) is not None and _call0(j).name == "f",
+        ),
+        "arguments": Honoured(
+            chat,
+            {"messages": [ASSISTANT_CALL]},
+            lambda j: _call0(j) is not None and _call0(j).arguments == "{}",
+        ),
+    },
     StreamOptions: {
         "include_usage": Honoured(
             text,
@@ -176,8 +313,85 @@ DECISIONS: dict[type[msgspec.Struct], dict[str, Honoured | Refused | Inert]] = {
         ),
     },
     ResponseFormat: {
-        # Only `text` is served, and it is what the default does already.
-        "type": Refused(chat, {"response_format": {"type": "json_schema"}}, "response_format"),
+        "type": Honoured(
+            chat, {"response_format": {"type": "json_object"}}, lambda j: bool(_params(j).grammar)
+        ),
+        "json_schema": Honoured(chat, schema_format(), lambda j: "zebra" in _params(j).grammar),
+    },
+    JsonSchemaFormat: {
+        "name": Refused(chat, schema_format(name=""), "response_format"),
+        "schema_": Honoured(chat, schema_format(), lambda j: "zebra" in _params(j).grammar),
+        "description": Inert(
+            chat,
+            schema_format(description="a thing"),
+            "tells the model what the schema means; the grammar holds it to the schema",
+            base=schema_format(),
+        ),
+        "strict": Inert(
+            chat,
+            schema_format(strict=True),
+            "the grammar enforces the schema whether or not strict is asked for",
+            base=schema_format(),
+        ),
+    },
+    Tool: {
+        "type": Refused(chat, {"tools": [{**WEATHER, "type": "retrieval"}]}, "tools[0].type"),
+        "function": Honoured(
+            chat, {"tools": [WEATHER]}, lambda j: "get_weather" in _instructions(j)
+        ),
+    },
+    FunctionDefinition: {
+        "name": Honoured(
+            chat, {"tools": [tool_def(name="lookup")]}, lambda j: "lookup" in _instructions(j)
+        ),
+        "description": Honoured(
+            chat,
+            {"tools": [tool_def(description="Moon phase")]},
+            lambda j: "Moon phase" in _instructions(j),
+        ),
+        "parameters": Honoured(
+            chat,
+            {
+                "tools": [
+                    tool_def(
+                        parameters={"type": "object", "properties": {"quux": {"type": "integer"}}}
+                    )
+                ],
+                "tool_choice": "required",
+            },
+            lambda j: "quux" in _params(j).grammar,
+        ),
+        "strict": Inert(
+            chat,
+            {"tools": [tool_def(strict=True)]},
+            "forced calls always follow the parameters' schema (a grammar)",
+            base={"tools": [WEATHER]},
+        ),
+    },
+    NamedToolChoice: {
+        "type": Refused(
+            chat,
+            {"tools": [WEATHER], "tool_choice": {"type": "x", "function": {"name": "get_weather"}}},
+            "tool_choice",
+        ),
+        "function": Honoured(
+            chat,
+            {
+                "tools": [WEATHER],
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            },
+            lambda j: j.tools is not None and j.tools.forced == "get_weather",
+        ),
+    },
+    FunctionName: {
+        "name": Honoured(
+            chat,
+            {
+                "tools": [WEATHER],
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            },
+            lambda j: j.tools is not None and j.tools.mode == "function",
+        ),
     },
 }
 CASES = [(cls.__name__, name, d) for cls, fields in DECISIONS.items() for name, d in fields.items()]
@@ -225,167 +439,19 @@ def test_field_decision(cls: str, name: str, decision: Honoured | Refused | Iner
         assert not decision.shows(default), "the default already shows it: prove nothing"
     else:
         job = decision.parse(**decision.fields)
+        default = decision.parse(**(decision.base or {}))
         # Seeds are pinned at random when none is sent: compare the rest.
         assert msgspec.structs.replace(job.request.params, seed=0) == msgspec.structs.replace(
             default.request.params, seed=0
         )
         assert job.request.messages == default.request.messages
-        assert (job.model, job.stream, job.include_usage, job.timeout) == (
+        assert (job.model, job.stream, job.include_usage, job.timeout, job.tools) == (
             default.model,
             default.stream,
             default.include_usage,
             default.timeout,
+            default.tools,
         )
-
-
-# -- no-op values of refused fields are fine ---------------------------------------
-
-
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"presence_penalty": 0, "frequency_penalty": 0.0},
-        {"presence_penalty": None, "logit_bias": {}},
-        {"tools": [], "tool_choice": "none", "functions": [], "function_call": "none"},
-        {"logprobs": False, "top_logprobs": 0},
-        {"response_format": {"type": "text"}},
-        {"response_format": None, "stream_options": None, "n": 1},
-        {"stream": True, "stream_options": {}},
-        {"stream": None, "n": None},  # null is the default, as OpenAI takes it
-    ],
-)
-def test_no_op_values_are_accepted(fields: dict[str, Any]) -> None:
-    assert chat(**fields).model == "m"
-
-
-def test_legacy_no_op_values_are_accepted() -> None:
-    job = text(best_of=1, echo=False, suffix="", logit_bias=None, presence_penalty=0)
-    assert job.request.messages == [Message("user", "hi")]
-
-
-# -- the job ------------------------------------------------------------------------
-
-
-def test_a_chat_job_carries_the_caller_and_the_defaults() -> None:
-    job = chat(seed=7)
-    assert job.model == "m"
-    assert job.owner == "alice" and job.idempotency_key == "idem-1"
-    assert job.request_id == job.request.request_id == "req-1"
-    assert job.request.kind is JobKind.CHAT
-    assert job.request.messages == [Message("user", "hi")]
-    params = job.request.params
-    assert (params.max_tokens, params.temperature, params.top_p, params.stop, params.seed) == (
-        SETTINGS.default_max_tokens,
-        1.0,
-        1.0,
-        (),
-        7,
-    )
-    assert (job.stream, job.include_usage, job.timeout) == (False, False, None)
-
-
-def test_a_seed_is_pinned_when_none_is_sent() -> None:
-    seeds = {chat().request.params.seed for _ in range(20)}
-    assert len(seeds) > 1 and all(0 <= s < 2**31 for s in seeds)
-
-
-def test_max_completion_tokens_wins_over_max_tokens() -> None:
-    assert chat(max_tokens=3, max_completion_tokens=4).request.params.max_tokens == 4
-
-
-def test_empty_stop_strings_are_dropped() -> None:
-    assert chat(stop="").request.params.stop == ()
-    assert chat(stop=["", "z"]).request.params.stop == ("z",)
-
-
-def test_a_prompt_is_one_user_message() -> None:
-    assert text(prompt="abc").request.messages == [Message("user", "abc")]
-
-
-# -- bad bodies -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("body", "param"),
-    [
-        (b"", None),
-        (b"   ", None),
-        (b"{", None),
-        (b"[1]", None),
-        (b'{"model": "m"}', None),
-        (b"\xff", None),
-        (b"[" * 10_000, None),
-    ],
-)
-def test_undecodable_bodies(body: bytes, param: str | None) -> None:
-    with pytest.raises(BadRequest) as info:
-        parse_chat(body, SETTINGS, CALLER)
-    assert info.value.param == param
-
-
-@pytest.mark.parametrize(
-    ("fields", "param"),
-    [
-        ({"seed": 2**63}, "seed"),
-        ({"seed": -(2**63) - 1}, "seed"),
-        ({"seed": 1.5}, "seed"),
-        ({"stream_options": {"include_usage": True}}, "stream_options"),
-        ({"stream": False, "stream_options": {}}, "stream_options"),
-        ({"response_format": {"type": "xml"}}, "response_format"),
-        ({"response_format": {}}, "response_format"),
-        ({"response_format": "json"}, "response_format"),
-        ({"temperature": 2.5}, "temperature"),
-        ({"top_p": 0}, "top_p"),
-        ({"max_tokens": 0}, "max_tokens"),
-        ({"max_tokens": SETTINGS.max_tokens_limit + 1}, "max_tokens"),
-        ({"max_completion_tokens": SETTINGS.max_tokens_limit + 1}, "max_completion_tokens"),
-        ({"stop": ["a"] * (SETTINGS.max_stop_sequences + 1)}, "stop"),
-        ({"timeout": 0}, "timeout"),
-        ({"timeout": SETTINGS.max_timeout_seconds + 1}, "timeout"),
-        ({"presence_penalty": 3}, "presence_penalty"),
-        ({"messages": []}, "messages"),
-        ({"messages": "hi"}, "messages"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
-        ({"messages": [{"role": "user"}]}, "messages[0].content"),
-        (
-            {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
-            "messages[0].content[0].text",
-        ),
-        (
-            {"messages": [{"role": "user", "content": "x" * (SETTINGS.max_message_chars + 1)}]},
-            "messages[0].content",
-        ),
-        (
-            {"messages": [{"role": "user", "content": "x"}] * (SETTINGS.max_messages + 1)},
-            "messages",
-        ),
-        ({"tool_choice": {"type": "function"}}, "tool_choice"),
-    ],
-)
-def test_bad_chat_fields(fields: dict[str, Any], param: str) -> None:
-    assert refusal(chat, **fields).param == param
-
-
-@pytest.mark.parametrize(
-    ("fields", "param"),
-    [
-        ({"prompt": ["a", "b"]}, "prompt"),
-        ({"prompt": []}, "prompt"),
-        ({"prompt": [1, 2]}, "prompt[0]"),
-        ({"prompt": "x" * (SETTINGS.max_message_chars + 1)}, "prompt"),
-        ({"stream_options": {"include_usage": False}}, "stream_options"),
-        ({"seed": 2**64}, "seed"),
-        ({"n": 3}, "n"),
-    ],
-)
-def test_bad_completion_fields(fields: dict[str, Any], param: str) -> None:
-    assert refusal(text, **fields).param == param
-
-
-def test_planned_response_formats_say_not_yet() -> None:
-    for kind in ("json_object", "json_schema"):
-        err = refusal(chat, response_format={"type": kind})
-        assert "not supported yet" in err.message
 
 
 def test_every_field_is_documented() -> None:

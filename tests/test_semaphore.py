@@ -127,7 +127,8 @@ def test_two_processes_share_slots_and_a_killed_one_gives_them_back(
         # Kill -9 a worker that holds slots: they stay taken until the lease
         # runs out, then the other process gets them and finishes every job.
         with ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(ask, 100 + i, 50) for i in range(4)]
+            # Long jobs (6 s each), so worker a is surely mid-job when killed.
+            futures = [pool.submit(ask, 100 + i, 150) for i in range(4)]
             wait_for(
                 lambda: any(m.startswith(b"a:") for m in r.zrange(sem_key, 0, -1)),
                 timeout=30,
@@ -141,7 +142,7 @@ def test_two_processes_share_slots_and_a_killed_one_gives_them_back(
                 timeout=30,
                 what="the dead worker's slots to expire",
             )
-            assert [f.result() for f in futures] == [f"job{100 + i} " * 50 for i in range(4)]
+            assert [f.result() for f in futures] == [f"job{100 + i} " * 150 for i in range(4)]
         # (Entries of the dead worker stay pending until reclaimed, so only the
         # slots, not the pending count, are bounded across the kill.)
         assert seen["held"] <= 2

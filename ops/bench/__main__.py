@@ -20,7 +20,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # `tests.harness` and the packages, from any cwd
 
-from ops.bench import cpp, echo_figures, load, model_figures, report, stack  # noqa: E402
+from ops.bench import (  # noqa: E402
+    cpp,
+    echo_figures,
+    grammar_figure,
+    load,
+    model_figures,
+    report,
+    stack,
+)
 from streamworker.engines.model_file import resolve_model_path  # noqa: E402
 
 
@@ -30,6 +38,51 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown CPU"
+
+
+def relay_processes_only(smoke: bool) -> int:
+    """Figure 3b alone, printed as its report section (a run of the whole
+    suite also writes it into docs/benchmarks.md)."""
+    start = load.loadavg()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, stack.redis(Path(tmp)) as server:
+        rows = echo_figures.relay_by_processes(
+            server,
+            Path(tmp),
+            10 if smoke else 1000,
+            [1, 2],
+            tokens=10 if smoke else 300,
+            interval_ms=20.0,
+        )
+    when = (
+        f"Run alone (`just bench --only-relay-processes`) on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_name()}; load average at "
+        f"start / end: {start} / {load.loadavg()}."
+    )
+    print("\n".join(report.relay_processes_section(rows, os.cpu_count() or 1, when)))
+    return 0
+
+
+def grammar_only(smoke: bool) -> int:
+    """Figure 6 alone, printed as its report section (a run of the whole
+    suite also writes it into docs/benchmarks.md)."""
+    threads = os.cpu_count() or 1
+    start = load.loadavg()
+    rows = grammar_figure.grammar_cost(
+        str(resolve_model_path(os.environ.get("MODEL_PATH", ""))),
+        threads,
+        4096,
+        tokens=8 if smoke else 64,
+        repeats=1 if smoke else 3,
+        streams=2 if smoke else 4,
+        json_tokens=8 if smoke else 128,
+    )
+    when = (
+        f"Run alone (`just bench --only-grammar`) on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_name()}, {threads} "
+        f"threads; load average at start / end: {start} / {load.loadavg()}."
+    )
+    print("\n".join(grammar_figure.section(rows, when)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,8 +106,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rewrite the report from the last run's saved results",
     )
+    ap.add_argument(
+        "--only-relay-processes",
+        action="store_true",
+        help="run only figure 3b (relay through 1 and 2 gateway processes) and print it",
+    )
+    ap.add_argument(
+        "--only-grammar",
+        action="store_true",
+        help="run only figure 6 (the cost of a JSON-schema grammar) and print it",
+    )
     args = ap.parse_args(argv)
+    if args.only_grammar:
+        return grammar_only(args.smoke)
     saved = ROOT / ".run" / "bench-results.pickle"
+    if args.only_relay_processes:
+        return relay_processes_only(args.smoke)
     if args.report_only:
         with open(saved, "rb") as f:
             report.write(pickle.load(f), args.out)  # our own file from the last run
@@ -104,6 +171,16 @@ def main(argv: list[str] | None = None) -> int:
                 interval_ms=20.0,
             )
 
+            step("figure 3b: relay through 1 and 2 gateway processes (echo)")
+            results["relay_processes"] = echo_figures.relay_by_processes(
+                server,
+                workdir,
+                10 if smoke else 1000,
+                [1, 2],
+                tokens=10 if smoke else 300,
+                interval_ms=20.0,
+            )
+
             m: dict = {"memory": {}}
             step("figure 2: in-process llama-cpp-python")
             highlevel = model_figures.inprocess_highlevel(
@@ -149,6 +226,16 @@ def main(argv: list[str] | None = None) -> int:
                 levels,
             )
             m["memory"][f"batched engine, {max(levels)} slots"] = mem
+        step("figure 6: the cost of a JSON-schema grammar (in process)")
+        m["grammar"] = grammar_figure.grammar_cost(
+            model_path,
+            threads,
+            n_ctx,
+            tokens,
+            repeats,
+            streams=2 if smoke else 4,
+            json_tokens=tokens if smoke else 128,
+        )
         singles = [highlevel, inproc_single, fast_single, llama_single, batched_single]
         why_not = "--no-peer" if args.no_peer else stack.peer_available()
         if why_not is None:

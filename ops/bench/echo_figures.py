@@ -10,11 +10,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from ops.bench import load, stack
 from streamworker.engines.base import Done, Piece
 from streamworker.engines.echo import EchoEngine
-from streamworker.protocol.wire import GenerationParams, Message
+from streamworker.protocol.wire import GenerationParams, JobRequest, Message
 from streamworker.settings import EngineSettings
+from tests.harness import wait_for
 
 PROMPT = "alpha beta gamma delta epsilon zeta eta theta"
 ECHO = {"ENGINE": "echo", "MODEL_NAME": "echo"}
@@ -25,9 +28,10 @@ async def _inprocess_ttft(requests: int) -> list[float]:
     out = []
     for _ in range(requests):
         t0 = time.perf_counter()
-        async for item in engine.generate(
-            [Message("user", PROMPT)], GenerationParams(max_tokens=4), [], threading.Event()
-        ):
+        request = JobRequest(
+            messages=[Message("user", PROMPT)], params=GenerationParams(max_tokens=4)
+        )
+        async for item in engine.generate(request, [], threading.Event()):
             if isinstance(item, Piece) and item.text:
                 out.append(time.perf_counter() - t0)
                 break
@@ -80,6 +84,9 @@ class RelayLevel:
     redis_cpu_pct: float
     client_cpu_pct: float
     ttft_p50_ms: float | None
+    # Gateway processes on the port (GATEWAY_WORKERS); CPU and RSS are theirs
+    # together, the supervisor's included.
+    gateway_processes: int = 1
 
     @property
     def tokens_per_s(self) -> float:
@@ -102,11 +109,13 @@ def relay_capacity(
     levels: list[int],
     tokens: int,
     interval_ms: float,
+    processes: int = 1,
 ) -> list[RelayLevel]:
     """Figure 3: N concurrent SSE clients, each job producing a token every
-    `interval_ms`, all through one gateway process. The echo worker runs every
-    admitted job at once (ECHO_CONCURRENT) so the gateway, not the engine, is
-    what is measured."""
+    `interval_ms`, all through one gateway process (or `processes` of them on
+    one port, GATEWAY_WORKERS). The echo worker runs every admitted job at
+    once (ECHO_CONCURRENT) so the gateway, not the engine, is what is
+    measured."""
     results = []
     slots = str(max(levels))
     env = {
@@ -115,11 +124,20 @@ def relay_capacity(
         "ECHO_TOKEN_INTERVAL_MS": str(interval_ms),
         "WORKER_CONCURRENCY": slots,
     }
+    # Several processes need a Qdrant server address (an embedded store is
+    # one process's); nothing listens there, and retrieval is not measured.
+    gw_env = {"GATEWAY_WORKERS": str(processes), "QDRANT_URL": "http://127.0.0.1:9"}
     with (
         stack.worker(server, workdir, "echo-relay", **env) as w,
-        stack.gateway(server, workdir) as gw,
+        stack.gateway(server, workdir, **(gw_env if processes > 1 else {})) as gw,
     ):
-        gw_stat, w_stat = load.ProcStat(gw.pid), load.ProcStat(w.pid)
+        if processes > 1:
+            wait_for(
+                lambda: len(load.ProcTree(gw.pid).members()) == processes + 1,
+                what="gateway processes",
+            )
+            wait_for(lambda: httpx.get(gw.url + "/ready").status_code == 200, what="ready")
+        gw_stat, w_stat = load.ProcTree(gw.pid), load.ProcStat(w.pid)
         assert server.proc is not None
         r_stat, me = load.ProcStat(server.proc.pid), load.ProcStat(os.getpid())
         for clients in levels:
@@ -164,6 +182,23 @@ def relay_capacity(
                         if (v := load.pct([s.ttft for s in streams if s.ttft is not None], 50))
                         else None
                     ),
+                    gateway_processes=processes,
                 )
             )
     return results
+
+
+def relay_by_processes(
+    server: stack.RedisServer,
+    workdir: Path,
+    clients: int,
+    processes: list[int],
+    tokens: int,
+    interval_ms: float,
+) -> list[RelayLevel]:
+    """Figure 3b: figure 3 at `clients`, with 1, 2, ... gateway processes."""
+    return [
+        level
+        for n in processes
+        for level in relay_capacity(server, workdir, [clients], tokens, interval_ms, n)
+    ]

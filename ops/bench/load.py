@@ -174,3 +174,28 @@ class ProcStat:
 def loadavg() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
+
+
+@dataclass
+class ProcTree:
+    """CPU seconds and memory of a process and its children (a supervised
+    gateway: the supervisor and its processes), from /proc."""
+
+    pid: int
+
+    def members(self) -> list[ProcStat]:
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                kids = [int(p) for p in f.read().split()]
+        except OSError:
+            kids = []
+        return [ProcStat(self.pid), *(ProcStat(k) for k in kids)]
+
+    def cpu_seconds(self) -> float:
+        return sum(p.cpu_seconds() for p in self.members())
+
+    def rss_mib(self) -> float:
+        return sum(p.rss_mib() for p in self.members())
+
+    def peak_rss_mib(self) -> float:
+        return sum(p.peak_rss_mib() for p in self.members())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ops.bench import load, stack
 from streamworker.engines.base import Piece
-from streamworker.protocol.wire import GenerationParams, Message
+from streamworker.protocol.wire import GenerationParams, JobRequest, Message
 from streamworker.tokenizer import renderer
 
 # Different prompts, each of which runs to max_tokens on the bundled base
@@ -158,7 +158,8 @@ def inprocess_batched(
     async def one(prompt: str) -> load.Stream:
         out = load.Stream()
         t0 = time.perf_counter()
-        async for item in engine.generate([Message("user", prompt)], params, [], threading.Event()):
+        request = JobRequest(messages=[Message("user", prompt)], params=params)
+        async for item in engine.generate(request, [], threading.Event()):
             now = time.perf_counter()
             if isinstance(item, Piece):
                 if item.token >= 0:

@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display: write files only
 import matplotlib.pyplot as plt
 
+from ops.bench import grammar_figure
+
 NOTES = [
     "## Reading these numbers",
     "",
@@ -166,6 +168,39 @@ def verdicts(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def relay_processes_section(rows: list[Any], cores: int, when: str = "") -> list[str]:
+    """Figure 3b: the relay at one client count through 1, 2, ... gateway
+    processes on one port (GATEWAY_WORKERS)."""
+    if not rows:
+        return []
+    first = rows[0]
+    lines = [
+        "## 3b. Relay with several gateway processes (echo engine)",
+        "",
+        f"Figure 3 at {first.clients} clients ({first.tokens_per_stream} tokens each, one every "
+        f"{first.interval_ms} ms), through 1 and more gateway processes on one port "
+        "(`GATEWAY_WORKERS`, SO_REUSEPORT under the supervisor). Gateway CPU and RSS are all "
+        f"its processes' together, the supervisor's included (100% = one core; the machine "
+        f"has {cores}, shared with the worker, Redis and the load generator).",
+        "",
+    ]
+    if when:
+        lines += [when, ""]
+    lines += [
+        "| gateway processes | clients | delivered tok/s | errors | incomplete | gateway CPU | "
+        "gateway RSS max (MiB) | worker CPU | Redis CPU | client CPU | TTFT p50 (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.gateway_processes} | {r.clients} | {r.tokens_per_s:.0f} | {r.errors} | "
+            f"{r.incomplete} | {r.gateway_cpu_pct:.0f}% | {r.gateway_rss_mib:.0f} | "
+            f"{r.worker_cpu_pct:.0f}% | {r.redis_cpu_pct:.0f}% | {r.client_cpu_pct:.0f}% | "
+            f"{_f(r.ttft_p50_ms)} |"
+        )
+    return [*lines, ""]
+
+
 def markdown(results: dict[str, Any], chart_name: str) -> str:
     meta, lat, relay, m, cpp = (results[k] for k in ("meta", "latency", "relay", "model", "cpp"))
     lines = [
@@ -253,6 +288,7 @@ def markdown(results: dict[str, Any], chart_name: str) -> str:
         "",
         "Goal: >= 20,000 tokens/s per gateway process, zero errors, memory bounded.",
         "",
+        *relay_processes_section(results.get("relay_processes") or [], meta["cores"]),
         "## 4. Concurrent clients with the real model",
         "",
         f"![aggregate tok/s against concurrency]({chart_name})",
@@ -300,6 +336,7 @@ def markdown(results: dict[str, Any], chart_name: str) -> str:
     ]
     for name, mem in m["memory"].items():
         lines.append(f"| {name} | {mem['rss_mib']:.0f} | {mem['peak_rss_mib']:.0f} |")
+    lines += ["", *grammar_figure.section(m.get("grammar") or [])]
     lines += ["", *meta.get("notes", []), "", *NOTES, ""]
     return "\n".join(lines)
 

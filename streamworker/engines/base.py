@@ -1,10 +1,10 @@
 """The engine protocol every worker talks to, and the pieces engines share.
 
-An engine turns (messages, params, resume prefix) into a stream of `Piece`s and
-one final `Done`. Generation is blocking C code, so it never runs on the event
-loop: single-sequence engines run a plain generator in a thread
-(`ThreadedEngine`), the batched engine runs one decode loop thread for all of
-its sequences.
+An engine turns (a job request, the entries earlier attempts logged) into a
+stream of log entries (`Piece`) and one final `Done`. Generation is blocking
+C code, so it never runs on the event loop: single-sequence engines run a
+plain generator in a thread (`ThreadedEngine`), the batched engine runs one
+decode loop thread for all of its sequences.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import anyio
 import msgspec
 
 from streamworker.protocol.outcomes import EndCode
-from streamworker.protocol.wire import GenerationParams, Message
+from streamworker.protocol.wire import JobRequest, LogEntry, Message
 
 
 class EngineError(Exception):
@@ -38,17 +38,29 @@ class PromptExceedsContext(EngineError):
     code = EndCode.CONTEXT_LENGTH_EXCEEDED
 
 
-class Piece(msgspec.Struct, frozen=True, array_like=True):
-    """One generated token and the text it releases (may be empty: a partial
-    UTF-8 character, or text held back because it may start a stop string)."""
+# The most choices an engine that runs them one after another takes in one
+# job: beyond it, one job would hold the engine for too long.
+MAX_CHOICES = 16
 
-    token: int
-    text: str
+
+class TooManyChoices(EngineError):
+    """The job asks for more choices than this engine can hold at once."""
+
+    permanent = True
+
+
+# What an engine yields is exactly what the log holds: one generated token
+# and the text it releases (may be empty: a partial UTF-8 character, or text
+# held back because it may start a stop string), with its choice, its
+# logprobs, and on a choice's last entry how that choice ended.
+Piece = LogEntry
 
 
 class Done(msgspec.Struct, frozen=True):
-    finish_reason: str  # "stop" | "length" | "cancelled"
+    finish_reason: str  # "stop" | "length" | "cancelled" (choice 0's)
     prompt_tokens: int
+    # Every choice's finish reason, by index ("" for one cancelled).
+    finish_reasons: tuple[str, ...] = ()
 
 
 class Engine(Protocol):
@@ -56,13 +68,9 @@ class Engine(Protocol):
     slots: int  # sequences this engine can decode at once
 
     def generate(
-        self,
-        messages: Sequence[Message],
-        params: GenerationParams,
-        resume: Sequence[Piece],
-        cancel: threading.Event,
+        self, request: JobRequest, resume: Sequence[Piece], cancel: threading.Event
     ) -> AsyncIterator[Piece | Done]:
-        """Yield the pieces after `resume` (already delivered), then one Done."""
+        """Yield the entries after `resume` (already logged), then one Done."""
         ...
 
     def count_prompt_tokens(self, messages: Sequence[Message]) -> int: ...
@@ -142,20 +150,12 @@ class ThreadedEngine:
         self._lock = anyio.Semaphore(1)
 
     def _generate_sync(
-        self,
-        messages: Sequence[Message],
-        params: GenerationParams,
-        resume: Sequence[Piece],
-        cancel: threading.Event,
+        self, request: JobRequest, resume: Sequence[Piece], cancel: threading.Event
     ) -> Iterator[Piece | Done]:
         raise NotImplementedError  # pragma: no cover - abstract
 
     async def generate(
-        self,
-        messages: Sequence[Message],
-        params: GenerationParams,
-        resume: Sequence[Piece],
-        cancel: threading.Event,
+        self, request: JobRequest, resume: Sequence[Piece], cancel: threading.Event
     ) -> AsyncIterator[Piece | Done]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Piece | Done | BaseException] = asyncio.Queue()
@@ -164,7 +164,7 @@ class ThreadedEngine:
             # call_soon_threadsafe does not wait for the loop, so the decode
             # thread never stalls on Python-side consumers.
             try:
-                for item in self._generate_sync(messages, params, resume, cancel):
+                for item in self._generate_sync(request, resume, cancel):
                     loop.call_soon_threadsafe(queue.put_nowait, item)
             except BaseException as exc:  # handed to the async side, re-raised there
                 loop.call_soon_threadsafe(queue.put_nowait, exc)

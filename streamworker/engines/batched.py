@@ -8,10 +8,9 @@ long). New requests join and finished or cancelled ones leave between steps;
 a sequence's KV cells are removed when it leaves, so its slot is clean for
 the next job.
 
-Greedy sampling (temperature 0) is a numpy argmax over the sequence's logits:
-per-sequence `llama_sampler_sample` over Gemma's 262k vocabulary costs more
-than the decode itself on a GPU. Other temperatures use one llama.cpp sampler
-chain per sequence, seeded from the request.
+Each choice samples with its own `sampling.Sampler` (a numpy argmax for
+plain greedy requests, llama.cpp's stages otherwise). A job with n choices
+holds n sequences and prefills its prompt once (`sequences.py`).
 
 The decode thread never waits on the event loop: it hands items over with
 `loop.call_soon_threadsafe`, and the async side never calls into llama.cpp
@@ -21,27 +20,28 @@ except through that thread.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 
 import anyio
 import llama_cpp
-import numpy as np
 from llama_cpp import _internals
 
-from streamworker.engines.base import (
-    Done,
-    EngineError,
-    Piece,
-    PromptExceedsContext,
-    TextAssembler,
+from streamworker.engines.base import Done, EngineError, Piece
+from streamworker.engines.choices import (
+    check_fits,
+    echo_entries,
+    echo_start,
+    make_sampler,
+    plan,
+    prompt_tokens,
 )
 from streamworker.engines.model_file import resolve_model_path
-from streamworker.protocol.wire import GenerationParams, Message
+from streamworker.engines.sampling import logits_view, token_logprob
+from streamworker.engines.sequences import BatchJob, Emit, Seq, prepare
+from streamworker.protocol.wire import JobRequest, Message
 from streamworker.settings import EngineSettings
 from streamworker.tokenizer import PromptBuilder, quiet_llama_logs
 
@@ -56,27 +56,6 @@ N_BATCH = 512  # the context's logical batch, as in the high-level API
 # keeps each sequence's answer independent of how many others run; 8 then
 # cost two passes over the weights instead of one.
 CPU_MAX_ROWS = 7
-
-Emit = Callable[[Piece | Done | BaseException], None]
-
-
-@dataclass(eq=False)
-class _Seq:
-    """One request inside the decode thread."""
-
-    feed: list[int]  # tokens still to prefill (prompt + resumed tokens)
-    prompt_len: int
-    params: GenerationParams
-    assembler: TextAssembler
-    remaining: int  # tokens still allowed by max_tokens
-    cancel: threading.Event
-    emit: Emit
-    seq_id: int = -1
-    n_past: int = 0  # positions already in the KV cache
-    next_token: int = -1  # sampled, to be decoded in the next step
-    produced: int = 0
-    sampler: llama_cpp.llama_sampler_p | None = None
-    batch_index: int = -1  # where this step's logits are, or -1
 
 
 class BatchedEngine:
@@ -134,10 +113,11 @@ class BatchedEngine:
         self.prompts = PromptBuilder(self.model, settings.chat_format)
 
         self._lock = threading.Condition()
-        self._waiting: deque[_Seq] = deque()
+        self._waiting: deque[BatchJob] = deque()
         self._free_ids = list(range(self.slots))
         self._closed = False
         self.steps = 0  # decode steps run (for tests and benchmarks)
+        self.prefilled = 0  # tokens decoded as prefill (n choices share theirs)
         self._thread = threading.Thread(target=self._run, name="batched-decode", daemon=True)
         self._thread.start()
 
@@ -151,41 +131,26 @@ class BatchedEngine:
         return self.prompts.count(messages)
 
     def _prepare(
-        self,
-        messages: Sequence[Message],
-        params: GenerationParams,
-        resume: Sequence[Piece],
-        cancel: threading.Event,
-        emit: Emit,
-    ) -> _Seq:
-        prompt, template_stops = self.prompts.tokens(messages)
-        if len(prompt) + params.max_tokens > self._n_ctx:
-            raise PromptExceedsContext(
-                f"{len(prompt)} prompt tokens + max_tokens {params.max_tokens} exceed "
-                f"the context of {self._n_ctx}"
-            )
-        done_tokens = [p.token for p in resume if p.token >= 0]
-        assembler = TextAssembler([*params.stop, *template_stops])
-        assembler.replay(
-            [self.model.detokenize([t]) for t in done_tokens], "".join(p.text for p in resume)
+        self, request: JobRequest, resume: Sequence[Piece], cancel: threading.Event, emit: Emit
+    ) -> tuple[BatchJob, list[Piece]]:
+        prompt, stops = prompt_tokens(request, self.prompts)
+        check_fits(len(prompt), request.params, self._n_ctx, self.slots)
+        choices = plan(
+            request,
+            stops,
+            resume,
+            is_end=lambda t: llama_cpp.llama_vocab_is_eog(self.vocab, t),
+            text_bytes=lambda t: self.model.detokenize([t]),
+            logprob_bytes=self._piece,
         )
-        feed = prompt + done_tokens
-        return _Seq(
-            feed=feed,
-            prompt_len=len(prompt),
-            params=params,
-            assembler=assembler,
-            remaining=params.max_tokens - len(done_tokens),
-            cancel=cancel,
-            emit=emit,
-        )
+        first = echo_start(prompt, self.model.token_bos())
+        return prepare(BatchJob(prompt, request.params, choices, cancel, emit, first), self._piece)
+
+    def _piece(self, token: int) -> bytes:
+        return self.model.detokenize([token], special=True)
 
     async def generate(
-        self,
-        messages: Sequence[Message],
-        params: GenerationParams,
-        resume: Sequence[Piece],
-        cancel: threading.Event,
+        self, request: JobRequest, resume: Sequence[Piece], cancel: threading.Event
     ) -> AsyncIterator[Piece | Done]:
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[Piece | Done | BaseException] = asyncio.Queue()
@@ -195,14 +160,16 @@ class BatchedEngine:
             loop.call_soon_threadsafe(inbox.put_nowait, item)
 
         # Template rendering and tokenization are CPU work: off the loop too.
-        seq = await anyio.to_thread.run_sync(self._prepare, messages, params, resume, cancel, emit)
-        if seq.remaining <= 0:
-            yield Done("length", seq.prompt_len)
+        job, ready = await anyio.to_thread.run_sync(self._prepare, request, resume, cancel, emit)
+        for piece in ready:
+            yield piece
+        if not job.seqs:
+            yield job.done()
             return
         with self._lock:
             if self._closed:
                 raise EngineError("the engine is closed")
-            self._waiting.append(seq)
+            self._waiting.append(job)
             self._lock.notify()
         ended = False
         try:
@@ -218,9 +185,9 @@ class BatchedEngine:
                 yield item
         finally:
             if not ended:
-                # The consumer went away: the decode thread drops the sequence
-                # at its next step and says so with a Done; wait for that, so
-                # the slot is free before the worker counts it free.
+                # The consumer went away: the decode thread drops the job at
+                # its next step and says so with a Done; wait for that, so
+                # its slots are free before the worker counts them free.
                 cancel.set()
                 with anyio.CancelScope(shield=True), anyio.move_on_after(30):
                     while not isinstance(await inbox.get(), (Done, BaseException)):
@@ -246,7 +213,7 @@ class BatchedEngine:
     # -- the decode thread --------------------------------------------------------
 
     def _run(self) -> None:
-        active: list[_Seq] = []
+        active: list[Seq] = []
         while True:
             with self._lock:
                 while not self._closed and not active and not self._waiting:
@@ -254,47 +221,69 @@ class BatchedEngine:
                 if self._closed:
                     waiting, self._waiting = list(self._waiting), deque()
                     break
-                while self._waiting and self._free_ids:
-                    seq = self._waiting.popleft()
-                    # The lowest free id keeps running sequences on neighbouring
-                    # KV streams (see _step).
-                    seq.seq_id = min(self._free_ids)
-                    self._free_ids.remove(seq.seq_id)
-                    active.append(seq)
+                # A job joins when all its sequences fit: the fork needs them.
+                while self._waiting and len(self._free_ids) >= len(self._waiting[0].seqs):
+                    job = self._waiting.popleft()
+                    for seq in job.seqs:
+                        # The lowest free id keeps running sequences on
+                        # neighbouring KV streams (see _step).
+                        seq.seq_id = min(self._free_ids)
+                        self._free_ids.remove(seq.seq_id)
+                        active.append(seq)
             try:
                 active = self._step(active)
-            except Exception as exc:  # a decode fault fails the sequences in it
+            except Exception as exc:  # a decode fault fails the jobs in it
+                jobs = {seq.job: None for seq in active}
                 for seq in active:
                     self._release(seq)
-                    seq.emit(EngineError(f"decode failed: {exc}"))
+                for job in jobs:
+                    job.emit(
+                        exc
+                        if isinstance(exc, EngineError)
+                        else EngineError(f"decode failed: {exc}")
+                    )
                 active = []
-        for seq in [*active, *waiting]:
-            seq.emit(EngineError("the engine is closed"))
+        for job in {seq.job: None for seq in active} | {job: None for job in waiting}:
+            job.emit(EngineError("the engine is closed"))
 
-    def _release(self, seq: _Seq) -> None:
-        if seq.seq_id >= 0:
-            llama_cpp.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
-            with self._lock:
-                self._free_ids.append(seq.seq_id)
-            seq.seq_id = -1
-        if seq.sampler is not None:
-            llama_cpp.llama_sampler_free(seq.sampler)
-            seq.sampler = None
+    def _release(self, seq: Seq) -> bool:
+        """Free the sequence's slot; True when it was its job's last one."""
+        if seq.seq_id < 0:
+            return False
+        llama_cpp.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
+        with self._lock:
+            self._free_ids.append(seq.seq_id)
+        seq.seq_id = -1
+        seq.choice.close()
+        seq.job.live -= 1
+        return seq.job.live == 0
 
-    def _step(self, active: list[_Seq]) -> list[_Seq]:
+    def _drop(self, seq: Seq, running: list[Seq]) -> None:
+        """The sequence leaves; its job ends with its last sequence. Slots are
+        freed before the Done: the worker counts them free on the Done."""
+        running.remove(seq)
+        if self._release(seq):
+            seq.job.emit(seq.job.error or seq.job.done())
+
+    def _step(self, active: list[Seq]) -> list[Seq]:
         """One round of decoding; returns the sequences still running."""
-        running: list[_Seq] = []
+        running = list(active)
         for seq in active:
-            if seq.cancel.is_set():
-                self._release(seq)
-                seq.emit(Done("cancelled", seq.prompt_len))
-            else:
-                running.append(seq)
+            if seq.choice.sampler is None and seq.job.error is None:
+                try:  # a bad grammar fails its own job, not the others
+                    sampler = make_sampler(seq.choice, self.vocab, self.n_vocab, self._n_ctx)
+                    seq.choice.start(sampler)
+                except EngineError as exc:
+                    seq.job.error = exc
+            if seq.job.cancel.is_set() or seq.job.error is not None:
+                self._drop(seq, running)
         # Generating sequences: one token each, in as few decodes as allowed,
         # split evenly (8 on the CPU: 4 + 4) into runs of neighbouring seq
         # ids: a decode's KV view spans every stream from its lowest to its
         # highest id, so seqs 0,2,4,6 cost 1.7x what 0,1,2,3 cost.
-        generating = sorted((seq for seq in running if not seq.feed), key=lambda q: q.seq_id)
+        generating = sorted(
+            (seq for seq in running if not seq.feed and not seq.waiting), key=lambda q: q.seq_id
+        )
         groups = -(-len(generating) // self.max_rows)
         size = -(-len(generating) // groups) if groups else 0
         for g in range(groups):
@@ -304,25 +293,83 @@ class BatchedEngine:
                 n = self._add(n, seq.next_token, seq, logits=True)
             self._decode(n)
             for seq in group:
-                if not self._advance(seq):
-                    self._release(seq)
-                    running.remove(seq)
+                if seq.forced:  # a logged token: decoded, not sampled
+                    seq.next_token = seq.forced.pop(0)
+                elif not self._advance(seq):
+                    self._drop(seq, running)
         # Then one chunk of one joining prompt, in a decode of its own: ggml's
         # CPU kernels round differently depending on where a token sits in a
         # batch, so a prompt decoded on its own, cut where the high-level API
         # cuts it, gives the same logits as the single-sequence engine.
         seq = next((seq for seq in running if seq.feed), None)
         if seq is not None:
-            take = min(len(seq.feed), PREFILL_CHUNK)
-            chunk, seq.feed = seq.feed[:take], seq.feed[take:]
-            n = 0
-            for i, token in enumerate(chunk):
-                n = self._add(n, token, seq, logits=not seq.feed and i == take - 1)
-            self._decode(n)
-            if not seq.feed and not self._advance(seq):
-                self._release(seq)
-                running.remove(seq)
+            self._prefill_chunk(seq, running)
         return running
+
+    def _prefill_chunk(self, seq: Seq, running: list[Seq]) -> None:
+        job = seq.job
+        take = min(len(seq.feed), PREFILL_CHUNK)
+        chunk, seq.feed = seq.feed[:take], seq.feed[take:]
+        self.prefilled += take
+        # The echo's logprobs need every prompt position's logits.
+        rows = seq.parent and job.echo_logprobs is not None
+        seq.echo_rows = []
+        n = 0
+        for i, token in enumerate(chunk):
+            if rows and seq.n_past + 1 < len(job.prompt):
+                seq.echo_rows.append((seq.n_past, n))
+            last = not seq.feed and i == take - 1
+            n = self._add(n, token, seq, logits=last or (rows and seq.n_past < len(job.prompt)))
+            if last:
+                seq.batch_index = n - 1
+        self._decode(n)
+        for pos, index in seq.echo_rows:
+            row = logits_view(self.ctx, index, self.n_vocab)
+            top = job.params.top_logprobs
+            job.echo_logprobs.append(token_logprob(row, job.prompt[pos + 1], top, self._piece))  # type: ignore[union-attr]
+        if seq.feed:
+            return
+        if seq.parent and job.split:
+            self._fork(seq, running)
+        else:
+            self._begin(seq, running)
+
+    def _begin(self, seq: Seq, running: list[Seq]) -> None:
+        """The prompt is in the sequence's KV: decode its choice's logged
+        tokens first (one per step), or sample its first token now."""
+        if seq.choice.remaining <= 0:  # ran only for the echo's logprobs
+            for entry in seq.choice.end("length"):
+                seq.job.emit(entry)
+            self._drop(seq, running)
+        elif seq.choice.done_tokens:
+            seq.forced = list(seq.choice.done_tokens)
+            seq.next_token = seq.forced.pop(0)
+        elif not self._advance(seq):
+            self._drop(seq, running)
+
+    def _fork(self, parent: Seq, running: list[Seq]) -> None:
+        """The prompt is in the parent's KV: give each choice its copy, and
+        let each go on with its own logged tokens or its first sample."""
+        job = parent.job
+        parent.parent = False
+        if job.echo_logprobs is not None:  # else the echo went out at once
+            for choice in job.choices:
+                if not choice.ended:
+                    for piece in echo_entries(
+                        choice, job.prompt, job.echo_first, job.echo_logprobs, self._piece
+                    ):
+                        job.emit(piece)
+        for seq in job.seqs:
+            if seq is not parent:
+                # Whole-stream copy (each sequence has a KV stream of its
+                # own), made at the next decode, before that decode writes.
+                llama_cpp.llama_memory_seq_cp(self.memory, parent.seq_id, seq.seq_id, -1, -1)
+                seq.n_past = parent.n_past
+                seq.waiting = False
+            seq.batch_index = parent.batch_index
+        for seq in list(job.seqs):
+            if seq.seq_id >= 0:
+                self._begin(seq, running)
 
     def _decode(self, n: int) -> None:
         self.batch.n_tokens = n
@@ -331,7 +378,7 @@ class BatchedEngine:
             raise EngineError(f"llama_decode returned {rc}")
         self.steps += 1
 
-    def _add(self, n: int, token: int, seq: _Seq, *, logits: bool) -> int:
+    def _add(self, n: int, token: int, seq: Seq, *, logits: bool) -> int:
         batch = self.batch
         batch.token[n] = token
         batch.pos[n] = seq.n_past
@@ -343,52 +390,20 @@ class BatchedEngine:
             seq.batch_index = n
         return n + 1
 
-    def _sample(self, seq: _Seq) -> int:
-        if seq.params.temperature <= 0:
-            ptr = llama_cpp.llama_get_logits_ith(self.ctx, seq.batch_index)
-            logits = np.ctypeslib.as_array(
-                ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)
-            )
-            return int(logits.argmax())
-        if seq.sampler is None:
-            # The high-level API's chain for these parameters (top_k 0 and
-            # min_p 0 are no-ops there), seeded per request.
-            chain = llama_cpp.llama_sampler_chain_init(
-                llama_cpp.llama_sampler_chain_default_params()
-            )
-            llama_cpp.llama_sampler_chain_add(
-                chain, llama_cpp.llama_sampler_init_top_p(seq.params.top_p, 1)
-            )
-            llama_cpp.llama_sampler_chain_add(
-                chain, llama_cpp.llama_sampler_init_temp(seq.params.temperature)
-            )
-            llama_cpp.llama_sampler_chain_add(
-                chain, llama_cpp.llama_sampler_init_dist(seq.params.seed & 0xFFFFFFFF)
-            )
-            seq.sampler = chain
-        return llama_cpp.llama_sampler_sample(seq.sampler, self.ctx, seq.batch_index)
-
-    def _advance(self, seq: _Seq) -> bool:
+    def _advance(self, seq: Seq) -> bool:
         """Sample this step's token for `seq` and emit it; False when it ended."""
-        token = self._sample(seq)
-        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
-            return self._finish(seq, "stop")
-        text = seq.assembler.feed(self.model.detokenize([token]))
-        seq.produced += 1
-        seq.emit(Piece(token, text))
-        if seq.assembler.stopped:
-            return self._finish(seq, "stop")
-        if seq.produced >= seq.remaining:
-            return self._finish(seq, "length")
+        choice = seq.choice
+        try:
+            entries = choice.step(logits_view(self.ctx, seq.batch_index, self.n_vocab))
+        except EngineError as exc:  # no token the grammar allows: this job only
+            seq.job.error = exc
+            return False
+        for entry in entries:
+            seq.job.emit(entry)
+        if choice.reason:
+            return False
         if seq.n_past >= self._n_ctx:
-            return self._finish(seq, "length")
-        seq.next_token = token
+            seq.job.emit(choice.end("length")[0])
+            return False
+        seq.next_token = entries[0].token
         return True
-
-    def _finish(self, seq: _Seq, reason: str) -> bool:
-        # Free the slot before the Done: the worker counts it free on the Done.
-        self._release(seq)
-        if tail := seq.assembler.flush():
-            seq.emit(Piece(-1, tail))
-        seq.emit(Done(reason, seq.prompt_len))
-        return False

@@ -2,7 +2,10 @@
 
 The reference the batched engine is tested against. A resumed job is
 prefilled with the prompt plus the tokens already delivered, and generation
-continues from there, so the client's text continues exactly.
+continues from there, so the client's text continues exactly. Sampling is
+the shared `sampling.Sampler` over the context's logits (llama.cpp's stages),
+not the high-level API's sampler, so both engines sample alike; n choices
+run one after another.
 """
 
 from __future__ import annotations
@@ -14,15 +17,21 @@ from collections.abc import Iterator, Sequence
 import llama_cpp
 from llama_cpp import Llama
 
-from streamworker.engines.base import (
-    Done,
-    Piece,
-    PromptExceedsContext,
-    TextAssembler,
-    ThreadedEngine,
+from streamworker.engines.base import MAX_CHOICES, Done, EngineError, Piece, ThreadedEngine
+from streamworker.engines.choices import (
+    Choice,
+    check_fits,
+    done_reason,
+    echo_entries,
+    echo_start,
+    finish_reasons,
+    make_sampler,
+    plan,
+    prompt_tokens,
 )
 from streamworker.engines.model_file import resolve_model_path
-from streamworker.protocol.wire import GenerationParams, Message
+from streamworker.engines.sampling import logits_view, token_logprob
+from streamworker.protocol.wire import JobRequest, Message, TokenLogprob
 from streamworker.settings import EngineSettings
 from streamworker.tokenizer import PromptBuilder, quiet_llama_logs
 
@@ -52,71 +61,92 @@ class LlamaEngine(ThreadedEngine):
         return self.prompts.count(messages)
 
     def _generate_sync(
-        self,
-        messages: Sequence[Message],
-        params: GenerationParams,
-        resume: Sequence[Piece],
-        cancel: threading.Event,
+        self, request: JobRequest, resume: Sequence[Piece], cancel: threading.Event
     ) -> Iterator[Piece | Done]:
-        prompt, template_stops = self.prompts.tokens(messages)
-        done_tokens = [p.token for p in resume if p.token >= 0]
-        if len(prompt) + params.max_tokens > self.n_ctx:
-            raise PromptExceedsContext(
-                f"{len(prompt)} prompt tokens + max_tokens {params.max_tokens} exceed "
-                f"the context of {self.n_ctx}"
-            )
-        assembler = TextAssembler([*params.stop, *template_stops])
-        history = [*prompt, *done_tokens]
-        assembler.replay(
-            [
-                self.llm.detokenize([t], prev_tokens=history[: len(prompt) + i])
-                for i, t in enumerate(done_tokens)
-            ],
-            "".join(p.text for p in resume),
+        params = request.params
+        prompt, stops = prompt_tokens(request, self.prompts)
+        check_fits(len(prompt), params, self.n_ctx, MAX_CHOICES)
+        model = self.llm._model
+        choices = plan(
+            request,
+            stops,
+            resume,
+            is_end=lambda t: llama_cpp.llama_vocab_is_eog(model.vocab, t),
+            text_bytes=lambda t: model.detokenize([t]),
+            logprob_bytes=self._piece,
         )
-        remaining = params.max_tokens - len(done_tokens)
-        if remaining <= 0:
-            yield Done("length", len(prompt))
+        first = echo_start(prompt, model.token_bos())
+        echo_logprobs = None
+        echoes = len(prompt) - first
+        if params.echo and params.logprobs and any(c.echoed < echoes for c in choices):
+            echo_logprobs = self._prompt_logprobs(prompt, params.top_logprobs)
+        for choice in choices:
+            if choice.finished:
+                continue
+            if params.echo:
+                yield from echo_entries(choice, prompt, first, echo_logprobs, self._piece)
+            yield from self._run_choice(prompt, choice, cancel)
+            if not choice.reason:  # cancelled
+                break
+        cancelled = cancel.is_set() and any(not c.ended for c in choices)
+        yield Done(done_reason(choices, cancelled), len(prompt), finish_reasons(choices))
+
+    def _run_choice(
+        self, prompt: list[int], choice: Choice, cancel: threading.Event
+    ) -> Iterator[Piece]:
+        """One choice, after a prefill of its own: the choices run one after
+        another, each from a fresh evaluation of the prompt (plus the tokens
+        it already has), exactly as a resumed choice is evaluated, so a
+        choice's greedy answer does not depend on whether it was resumed."""
+        if choice.remaining <= 0:
+            yield from choice.end("length")
             return
-        self.llm.set_seed(params.seed)
-        self._prefill(prompt, done_tokens)
-        vocab = self.llm._model.vocab
-        # generate() sees the whole history in the cache but its last token, so
-        # it evaluates only that token, then samples on from there.
-        generator = self.llm.generate(
-            history,
-            temp=params.temperature,
-            top_p=params.top_p,
-            top_k=0,
-            min_p=0.0,
-            repeat_penalty=1.0,
-            reset=True,
-        )
-        finish = "length"
-        produced = 0
+        model = self.llm._model
+        choice.start(make_sampler(choice, model.vocab, self.llm.n_vocab(), self.n_ctx))
         try:
-            for token in generator:
-                if cancel.is_set():
-                    finish = "cancelled"
-                    break
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
-                    finish = "stop"
-                    break
-                text = assembler.feed(self.llm.detokenize([token], prev_tokens=history))
-                history.append(token)
-                produced += 1
-                yield Piece(token, text)
-                if assembler.stopped:
-                    finish = "stop"
-                    break
-                if produced >= remaining:
-                    break
+            history = [*prompt, *choice.done_tokens]
+            self._prefill(prompt, choice.done_tokens)
+            self.llm.eval(history[-1:])
+            while not cancel.is_set():
+                entries = choice.step(logits_view(self.llm.ctx, -1, self.llm.n_vocab()))
+                yield from entries
+                if choice.reason:
+                    return
+                self.llm.eval([entries[0].token])
         finally:
-            with contextlib.suppress(Exception):
-                generator.close()
-        if finish != "cancelled" and (tail := assembler.flush()):
-            yield Piece(-1, tail)
-        yield Done(finish, len(prompt))
+            choice.close()
+
+    def _piece(self, token: int) -> bytes:
+        return self.llm._model.detokenize([token], special=True)
+
+    def _prompt_logprobs(self, prompt: list[int], top_n: int) -> list[TokenLogprob | None]:
+        """Every prompt token's logprob given the tokens before it (the echo of
+        a legacy completion): one pass over the prompt with every row's
+        logits, apart from the generation's own prefill."""
+        out: list[TokenLogprob | None] = [None]
+        n_vocab = self.llm.n_vocab()
+        self.llm.reset()
+        memory = llama_cpp.llama_get_memory(self.llm.ctx)
+        llama_cpp.llama_memory_seq_rm(memory, -1, -1, -1)
+        step = self.llm.n_batch
+        batch = llama_cpp.llama_batch_init(step, 0, 1)
+        try:
+            for at in range(0, len(prompt) - 1, step):
+                chunk = prompt[at : at + step]
+                for i, token in enumerate(chunk):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, at + i, 1
+                    batch.seq_id[i][0], batch.logits[i] = 0, True
+                batch.n_tokens = len(chunk)
+                if llama_cpp.llama_decode(self.llm.ctx, batch) != 0:
+                    raise EngineError("llama_decode failed on the prompt")
+                for i in range(len(chunk)):
+                    if at + i + 1 < len(prompt):
+                        row = logits_view(self.llm.ctx, i, n_vocab)
+                        out.append(token_logprob(row, prompt[at + i + 1], top_n, self._piece))
+        finally:
+            llama_cpp.llama_batch_free(batch)
+            llama_cpp.llama_memory_seq_rm(memory, -1, -1, -1)
+        return out
 
     def _prefill(self, prompt: list[int], done: list[int]) -> None:
         """Evaluate the history exactly as an uninterrupted run did: the prompt

@@ -11,6 +11,30 @@ from streamworker.protocol.outcomes import STATUS_CODES, JobStatus
 from streamworker.protocol.wire import End, JobKind
 
 
+class ChoiceResult(msgspec.Struct, frozen=True):
+    """One choice of a job with n > 1, as the record's `choices` holds it."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+_choices_decoder = msgspec.json.Decoder(list[ChoiceResult])
+
+
+def choices_field(texts: list[str], finish_reasons: list[str] | None) -> str:
+    """The record's `choices` field (JSON): every choice's text and finish
+    reason, by index. Written only for n > 1; `text` and `finish_reason`
+    are choice 0's either way."""
+    reasons = finish_reasons or []
+    return msgspec.json.encode(
+        [
+            ChoiceResult(i, text, reasons[i] if i < len(reasons) and reasons[i] else None)
+            for i, text in enumerate(texts)
+        ]
+    ).decode()
+
+
 class JobRecord(msgspec.Struct, kw_only=True):
     """The job's hash, decoded. Times are Unix milliseconds."""
 
@@ -35,12 +59,16 @@ class JobRecord(msgspec.Struct, kw_only=True):
     error: str | None = None
     error_code: str | None = None
     last_error: str | None = None
+    # n > 1: every choice's text and finish reason (the `choices` field).
+    choices: list[ChoiceResult] = []
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        fields: dict[str, object] = {k.decode(): v.decode() for k, v in raw.items()}
         keep = {k: v for k, v in fields.items() if k in cls.__struct_fields__}
         keep["id"] = job_id
+        if isinstance(choices := keep.get("choices"), str):
+            keep["choices"] = _choices_decoder.decode(choices) if choices else []
         return msgspec.convert(keep, cls, strict=False)
 
     def visible_to(self, owner: str) -> bool:
@@ -59,6 +87,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
             completion_tokens=self.completion_tokens,
             code=str(code) if code else None,
             message=self.error,
+            finish_reasons=[c.finish_reason or "" for c in self.choices] or None,
         )
 
 
