@@ -10,13 +10,13 @@ killed mid-batch leaves nothing behind; the reclaimed job runs again.
 from __future__ import annotations
 
 import logging
-import random
 from typing import TYPE_CHECKING
 
 import anyio
 
 from streamworker.engines.base import EngineError
-from streamworker.protocol.outcomes import JobStatus, Reply, StopReason
+from streamworker.failures import fail_permanently, requeue_after_error
+from streamworker.protocol.outcomes import JobStatus, StopReason
 from streamworker.protocol.wire import EmbeddingResult, End, encode
 from streamworker.retry import with_backoff
 
@@ -74,7 +74,7 @@ class EmbeddingRun:
             )
         except EngineError as exc:
             if exc.permanent:
-                await self._fail(exc)
+                await fail_permanently(self.consumer, self.entry, self.attempt, exc)
             else:
                 await self._requeue(exc)
             return
@@ -107,27 +107,7 @@ class EmbeddingRun:
             return
         log.info("job %s: %d input(s), %d tokens embedded", self.job_id, len(tokens), total)
 
-    async def _fail(self, error: EngineError) -> None:
-        code = error.code.value
-        end = End(status=JobStatus.FAILED.value, code=code, message=str(error))
-        await with_backoff(
-            lambda: self.consumer.finish(
-                self.entry, self.attempt, end, {"error": str(error), "error_code": code}
-            )
-        )
-
     async def _requeue(self, error: Exception) -> None:
-        # The same backoff with jitter as a failed generation.
-        delay = min(self.consumer.lease_ms, int(500 * 2 ** (self.attempt - 1)))
-        delay = int(delay * random.uniform(0.5, 1.0))
-        message = f"{type(error).__name__}: {error}"
-        outcome = await with_backoff(
-            lambda: self.consumer.requeue(self.entry, self.attempt, error=message, delay_ms=delay)
+        self.retry_delay_ms = await requeue_after_error(
+            self.consumer, self.entry, self.attempt, error, self.metrics
         )
-        if outcome == Reply.REQUEUED:
-            self.retry_delay_ms = delay
-        log.warning(
-            "job %s attempt %d failed (%s): %s", self.job_id, self.attempt, outcome, message
-        )
-        if self.metrics and outcome == Reply.DEAD:
-            self.metrics.dead_lettered.inc()

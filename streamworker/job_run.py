@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from streamworker.engines.base import Done, EngineError
+from streamworker.failures import fail_permanently, requeue_after_error
 from streamworker.protocol import logs
 from streamworker.protocol.outcomes import (
     END_MESSAGES,
@@ -148,18 +148,12 @@ class JobRun:
             return  # another attempt owns the job; write nothing
         error = self._error
         if isinstance(error, EngineError) and error.permanent:
-            # The request itself is at fault (e.g. too long): fail it now with
-            # a code the gateway maps to a 4xx; no retry, no dead letter.
-            code = error.code.value
-            end = End(status=JobStatus.FAILED.value, code=code, message=str(error))
-            await with_backoff(
-                lambda: self.consumer.finish(
-                    self.entry, self.attempt, end, {"error": str(error), "error_code": code}
-                )
-            )
+            await fail_permanently(self.consumer, self.entry, self.attempt, error)
             return
         if error is not None:
-            await self._requeue_failed(error)
+            self.retry_delay_ms = await requeue_after_error(
+                self.consumer, self.entry, self.attempt, error, self.metrics
+            )
             return
         if self.stop_reason is StopReason.HANDBACK:
             await with_backoff(lambda: self.consumer.requeue(self.entry, self.attempt, error=None))
@@ -211,22 +205,6 @@ class JobRun:
             prompt_tokens,
             completion,
         )
-
-    async def _requeue_failed(self, error: Exception) -> None:
-        # Exponential backoff with jitter before the next attempt may start.
-        delay = min(self.consumer.lease_ms, int(500 * 2 ** (self.attempt - 1)))
-        delay = int(delay * random.uniform(0.5, 1.0))
-        message = f"{type(error).__name__}: {error}"
-        outcome = await with_backoff(
-            lambda: self.consumer.requeue(self.entry, self.attempt, error=message, delay_ms=delay)
-        )
-        if outcome == Reply.REQUEUED:
-            self.retry_delay_ms = delay
-        log.warning(
-            "job %s attempt %d failed (%s): %s", self.job_id, self.attempt, outcome, message
-        )
-        if self.metrics and outcome == Reply.DEAD:
-            self.metrics.dead_lettered.inc()
 
 
 def bind_log_context(entry: Entry, request: JobRequest | None = None) -> None:
