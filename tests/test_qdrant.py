@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import httpx
 import pytest
 from qdrant_client.models import Distance, VectorParams
 
@@ -55,6 +56,55 @@ def test_server_settings_carry_key_and_https():
     assert "s3cret" not in repr(settings)
 
 
+@pytest.mark.parametrize(
+    ("env", "want"),
+    [
+        (
+            {
+                "QDRANT_HOST": "qdrant.internal",
+                "QDRANT_PORT": "7333",
+                "QDRANT_GRPC_PORT": "7334",
+                "QDRANT_TIMEOUT": "9",
+            },
+            ("http", "qdrant.internal", 7333, 7334, 9, False, None),
+        ),
+        (
+            {
+                "QDRANT_URL": "https://q.example:8333",
+                "QDRANT_GRPC_PORT": "8334",
+                "QDRANT_API_KEY": "k",
+                "QDRANT_PREFER_GRPC": "true",
+            },
+            ("https", "q.example", 8333, 8334, 60, True, "k"),
+        ),
+    ],
+    ids=["host", "url"],
+)
+def test_every_server_setting_reaches_the_client(env: dict[str, str], want: tuple) -> None:
+    remote = qdrant.connect(from_env(QdrantSettings, env), check_version=False)._client
+    got = (
+        remote._scheme,
+        remote._host,
+        remote._port,
+        remote._grpc_port,
+        remote._timeout,
+        remote._prefer_grpc,
+        remote._api_key,
+    )
+    assert got == want
+
+
+def test_a_gateway_facing_a_closed_port_says_so_in_one_line(start_gateway, tmp_path):
+    port = str(free_port())  # nothing listens there
+    gw = start_gateway(QDRANT_HOST="127.0.0.1", QDRANT_PORT=port, QDRANT_TIMEOUT="2")
+    lines = [ln for ln in gw.output().splitlines() if "unreachable" in ln]
+    assert len(lines) == 1 and '"level": "ERROR"' in lines[0], gw.output()
+    assert f"http://127.0.0.1:{port}" in lines[0]
+    assert "Traceback" not in gw.output() and "UserWarning" not in gw.output()
+    # Chat and health do not depend on the store.
+    assert httpx.get(gw.url + "/health", timeout=10).status_code == 200
+
+
 def test_checklist_flags_an_open_remote():
     settings = from_env(QdrantSettings, {"QDRANT_HOST": "qdrant.internal"})
     assert qdrant.checklist(settings) == [
@@ -80,6 +130,8 @@ def test_cli_check(tmp_path):
     port = str(free_port())  # nothing listens there
     down = _cli({"QDRANT_HOST": "127.0.0.1", "QDRANT_PORT": port, "QDRANT_TIMEOUT": "2"})
     assert down.returncode == 1 and "unreachable" in down.stdout
+    # One line saying where and why, not a traceback.
+    assert len(down.stdout.strip().splitlines()) == 1 and "Traceback" not in down.stderr
     prod = _cli(
         {
             "QDRANT_HOST": "127.0.0.1",

@@ -4,9 +4,11 @@ one typed AppKey, opened and closed by a cleanup context."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -16,6 +18,9 @@ from gateway.retrieval.settings import RetrievalSettings
 from gateway.retrieval.store import VectorStore
 from streamworker import qdrant
 from streamworker.qdrant import QdrantSettings
+
+if TYPE_CHECKING:
+    from qdrant_client import AsyncQdrantClient
 
 log = logging.getLogger("gateway.retrieval")
 
@@ -43,6 +48,29 @@ def retrieval_of(app: web.Application) -> RetrievalState:
     return app[RETRIEVAL]
 
 
+async def _open(settings: QdrantSettings) -> AsyncQdrantClient:
+    """The store's client. A server that does not answer at start is one
+    ERROR line (where, and why), not qdrant-client's warning: chat keeps
+    serving, and retrieval works once the server answers."""
+    if settings.embedded:
+        return qdrant.connect(settings)
+    probe = qdrant.connect(settings, check_version=False)
+    try:
+        async with asyncio.timeout(settings.qdrant_timeout):
+            await probe.get_collections()
+    except Exception as exc:  # any transport error: the line says which
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.error(
+            "retrieval store unreachable at %s: %s: %s",
+            qdrant.address(settings),
+            type(exc).__name__,
+            reason,
+        )
+        return probe
+    await probe.close()
+    return qdrant.connect(settings)  # it answers: now with the version check
+
+
 def install(
     app: web.Application, settings: RetrievalSettings, qdrant_settings: QdrantSettings
 ) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -53,7 +81,7 @@ def install(
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         rs = app[RETRIEVAL]
-        client = qdrant.connect(qdrant_settings)
+        client = await _open(qdrant_settings)
         rs.service = Retrieval(VectorStore(client), settings)
         log.info("retrieval store: %s", qdrant.address(qdrant_settings))
         try:

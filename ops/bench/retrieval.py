@@ -2,11 +2,15 @@
 
 A private redis-server, one worker (echo engine for chat; embeddings from
 the default embedding model) and a gateway on an embedded Qdrant path, as
-child processes. It ingests --chunks chunks through the documents API
-(documents of --per-doc sentences, one sentence a chunk) and reports
-chunks/s, then runs --searches dense and hybrid searches and reports their
-latency p50/p99. Prints one JSON object; docs/benchmarks.md (Retrieval)
-quotes it. Not part of `just bench`: on a CPU host the embeddings dominate.
+child processes. It ingests --chunks sentences through the documents API
+(documents of --per-doc sentences, cut into chunks of at most 80
+characters: about 0.7 chunks a sentence) and reports chunks/s, then runs
+--searches dense and hybrid searches and reports their latency p50/p99.
+`--engine-only` embeds the same chunks in this process instead, with
+llama-cpp-python's batch embed and with the worker's Embedder, for the
+ratio. Prints one JSON object; docs/benchmarks.md
+(Retrieval) quotes it. Not part of `just bench`: on a CPU host the
+embeddings dominate.
 """
 
 from __future__ import annotations
@@ -104,16 +108,85 @@ def store_only(chunks: int, searches: int) -> dict[str, object]:
     return asyncio.run(run())
 
 
+def documents(rng: random.Random, chunks: int, per_doc: int) -> list[tuple[str, str]]:
+    docs = []
+    for d in range(0, chunks, per_doc):
+        n = min(per_doc, chunks - d)
+        docs.append((f"doc{d}", " ".join(sentence(rng, d + i) for i in range(n))))
+    return docs
+
+
+def engine_only(sentences: int, per_doc: int, threads: int) -> dict[str, object]:
+    """The embedding engine alone, in this process, on the chunks the whole
+    path would make of the same documents, 64 a call (EMBED_BATCH_SIZE
+    below): llama-cpp-python's own batched `Llama.embed` (one decode of up
+    to 2048 tokens), then streamworker's Embedder. Their ratio is what the
+    engine costs or saves; the whole path's figure over this one is what
+    the queue, the gateway and the store cost."""
+    import llama_cpp
+
+    from gateway.retrieval.chunking import chunk
+    from streamworker.engines.embedder import Embedder
+    from streamworker.engines.model_file import resolve_model_path
+    from streamworker.settings import EmbeddingSettings
+
+    texts = [
+        c.text
+        for _, text in documents(random.Random(7), sentences, per_doc)
+        for c in chunk(text, size=80, overlap=0, markdown=False)
+    ]
+    batches = [texts[i : i + 64] for i in range(0, len(texts), 64)]
+    llm = llama_cpp.Llama(
+        model_path=str(resolve_model_path("")),
+        embedding=True,
+        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+        n_ctx=2048,
+        n_batch=2048,
+        n_ubatch=2048,
+        n_threads=threads,
+        verbose=False,
+    )
+    llm.embed(texts[:4])  # warm
+    t0 = time.perf_counter()
+    tokens = sum(llm.embed(b, normalize=True, return_count=True)[1] for b in batches)
+    raw_s = time.perf_counter() - t0
+    llm.close()
+    embedder = Embedder(EmbeddingSettings(embedding_n_threads=threads))
+    embedder.embed(texts[:4])
+    t0 = time.perf_counter()
+    for b in batches:
+        embedder.embed(b)
+    ours_s = time.perf_counter() - t0
+    embedder.close()
+    return {
+        "engine_only": True,
+        "chunks": len(texts),
+        "tokens": tokens,
+        "llama_cpp_embed_chunks_per_second": round(len(texts) / raw_s, 1),
+        "embedder_chunks_per_second": round(len(texts) / ours_s, 1),
+        "embedder_tokens_per_second": round(tokens / ours_s, 1),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--per-doc", type=int, default=50)
     parser.add_argument("--searches", type=int, default=200)
     parser.add_argument("--clients", type=int, default=4, help="documents sent at once")
+    parser.add_argument("--threads", type=int, default=2, help="the worker's EMBEDDING_N_THREADS")
     parser.add_argument(
         "--store-only", action="store_true", help="the Qdrant side alone (no model, no queue)"
     )
+    parser.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="the embedding engine alone, in process (llama.cpp's batch embed vs ours)",
+    )
     args = parser.parse_args()
+    if args.engine_only:
+        print(json.dumps(engine_only(args.chunks, args.per_doc, args.threads)))
+        return 0
     if args.store_only:
         print(json.dumps(store_only(args.chunks, args.searches)))
         return 0
@@ -121,7 +194,14 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
     redis = RedisServer(tmp / "redis")
     redis.start()
-    worker = Worker(redis.url, tmp / "worker.log", "bench-w", ENGINE="echo", MODEL_NAME=MODEL)
+    worker = Worker(
+        redis.url,
+        tmp / "worker.log",
+        "bench-w",
+        ENGINE="echo",
+        MODEL_NAME=MODEL,
+        EMBEDDING_N_THREADS=str(args.threads),
+    )
     gateway = Gateway(
         redis.url,
         tmp / "gateway.log",
@@ -139,10 +219,7 @@ def main() -> int:
         gateway.start()
         client = httpx.Client(base_url=gateway.url + "/api/v1", timeout=3600)
         assert client.post("/collections", json={"name": "bench"}).status_code == 201
-        docs = []
-        for d in range(0, args.chunks, args.per_doc):
-            n = min(args.per_doc, args.chunks - d)
-            docs.append((f"doc{d}", " ".join(sentence(rng, d + i) for i in range(n))))
+        docs = documents(rng, args.chunks, args.per_doc)
 
         def put(doc: tuple[str, str]) -> int:
             r = client.put(f"/collections/bench/documents/{doc[0]}", json={"text": doc[1]})

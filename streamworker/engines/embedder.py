@@ -1,4 +1,4 @@
-"""The embedding engine: many inputs -> one vector each, in one llama.cpp call.
+"""The embedding engine: many inputs -> one vector each, many per llama.cpp decode.
 
 Any GGUF model loaded with `embedding=True` and mean pooling (the average of
 the last hidden states over the input's tokens), normalised to unit length
@@ -25,6 +25,31 @@ class InputTooLong(EngineError):
 
     permanent = True
     code = EndCode.CONTEXT_LENGTH_EXCEEDED
+
+
+# Tokens per llama.cpp decode. Every input of a decode shares one unified KV
+# cache and attends over all of its cells (masked to its own sequence), so a
+# decode's attention grows with the square of its tokens: on the bundled model
+# on 2 CPU cores, decodes of at most 512 tokens embedded 1.36x as fast as
+# decodes of up to 2048 (docs/benchmarks.md). A longer input gets a decode alone.
+DECODE_TOKENS = 512
+
+
+def _decode_groups(counts: list[int], limit: int = DECODE_TOKENS) -> list[list[int]]:
+    """Input indices in order, split into runs of at most `limit` tokens
+    (an input longer than `limit` alone in its run)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i, n in enumerate(counts):
+        if current and used + n > limit:
+            groups.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += n
+    if current:
+        groups.append(current)
+    return groups
 
 
 class Embedder:
@@ -79,8 +104,10 @@ class Embedder:
                 if isinstance(item, str)
                 else llm.detokenize(item).decode("utf-8", errors="replace")
             )
+        vectors: list[list[float]] = []
         with self._lock:  # one llama context: one call at a time
-            vectors = llm.embed(texts, normalize=True, truncate=True)
+            for group in _decode_groups(counts):
+                vectors.extend(llm.embed([texts[i] for i in group], normalize=True, truncate=True))
         return vectors, counts
 
     def close(self) -> None:
