@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.openapi_batches import BATCH_PATHS
 from gateway.openapi_retrieval import RETRIEVAL_PATHS
 from gateway.openapi_schemas import CHAT, LEGACY
 
@@ -237,6 +238,7 @@ DOCUMENT: dict[str, Any] = {
 }
 # Embeddings, collections, documents and search (docs/retrieval.md).
 DOCUMENT["paths"].update(RETRIEVAL_PATHS)
+DOCUMENT["paths"].update(BATCH_PATHS)
 
 
 async def openapi_handler(request: web.Request) -> web.Response:
