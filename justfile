@@ -19,13 +19,15 @@ demo *args:
     {{python}} ops/demo.py {{args}}
 
 # the whole suite: the unit tests (seconds), then the process tests (real
-# redis-server, gateways, workers, the bundled model); with args, just pytest
+# redis-server, gateways, workers, the bundled model), then their core
+# subset again on a local Redis Cluster; with args, just pytest
 test *args:
     #!/bin/sh
     set -e
     if [ -z "{{args}}" ]; then
         {{python}} -m pytest -q -m unit
         {{python}} -m pytest -q -m "not unit"
+        {{python}} -m pytest -q --redis-cluster -m cluster_core
     else
         {{python}} -m pytest -q {{args}}
     fi

@@ -31,11 +31,18 @@ RETRIEVED_CONTEXT = "retrieved_context"
 
 
 def caller_of(request: web.Request) -> Caller:
+    key: ApiKey | None = request.get(API_KEY)
+    scheduling = (
+        {"tiers": tuple(key.tiers), "default_tier": key.default_tier, "weight": key.weight}
+        if key is not None
+        else {}
+    )
     return Caller(
         request_id=request.get(REQUEST_ID, ""),
         owner=owner_of(request),
         idempotency_key=request.headers.get("Idempotency-Key"),
         context=request.get(RETRIEVED_CONTEXT, ""),
+        **scheduling,
     )
 
 

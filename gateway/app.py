@@ -10,15 +10,19 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway import (
+    batch_runner,
+    batches_api,
     completions_api,
     documents_api,
     embeddings_api,
+    files_api,
     jobs_api,
     models_api,
     rag,
     search_api,
     state,
     tokenize_api,
+    webhooks_api,
 )
 from gateway.context_window import ContextWindow
 from gateway.hub import Hub
@@ -100,8 +104,8 @@ def create_app(
     hardening.install(app)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        redis = connect(redis_settings)
-        hub = Hub(redis)
+        redis = await connect(redis_settings)
+        hub = Hub(redis, redis_settings)
         scripts = Scripts(redis)
         app[state.STATE] = state.GatewayState(
             settings=settings,
@@ -113,6 +117,8 @@ def create_app(
             models=ModelDirectory(redis),
             metrics=metrics,
             context_window=ContextWindow(),
+            wait_replicas=redis_settings.redis_wait_replicas,
+            wait_timeout_ms=redis_settings.redis_wait_timeout_ms,
         )
         listener = asyncio.create_task(hub.run(), name="pubsub-hub")
         # Serve even if Redis is down at start: /ready says so until it is up.
@@ -129,6 +135,8 @@ def create_app(
     # After Redis: the store is opened by this process alone, and closed
     # (an embedded path's lock released) when it stops.
     app.cleanup_ctx.append(retrieval.install(app, retrieval_settings, qdrant_settings))
+    # After both: batches are advanced (and webhooks sent) by every process.
+    app.cleanup_ctx.append(batch_runner.install)
     completions_api.add_routes(app)
     models_api.add_routes(app)
     tokenize_api.add_routes(app)
@@ -139,4 +147,7 @@ def create_app(
     embeddings_api.add_routes(app)
     documents_api.add_routes(app, retrieval_settings.api_prefix)
     search_api.add_routes(app, retrieval_settings.api_prefix)
+    files_api.add_routes(app)
+    batches_api.add_routes(app)
+    webhooks_api.add_routes(app)
     return app

@@ -11,6 +11,9 @@ Keys come from two places, both optional:
       sha256 = "9f86d08..."     # python -m gateway hash-key < key.txt
       rpm = 60                  # optional: requests per minute (0: unlimited)
       tpm = 100000              # optional: tokens per minute (0: unlimited)
+      tiers = ["default", "flex"]   # optional: service tiers it may ask for (all)
+      default_tier = "default"  # optional: the tier of `service_tier` auto/absent
+      weight = 1                # optional: its fair share within a tier (0.1-1000)
 
 Keys are enforced when ``OPENAI_API_KEY_REQUIRED=true`` or
 ``ENVIRONMENT=production``; with enforcement on and no key configured the
@@ -34,6 +37,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.errors import Unauthorized
+from streamworker.protocol.outcomes import Tier
 
 if TYPE_CHECKING:
     from gateway.errors import Handler, Middleware
@@ -42,6 +46,10 @@ if TYPE_CHECKING:
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
 Limit = Annotated[int, msgspec.Meta(ge=0)]
+# Bounded below so deficit round robin gives every owner a job within ten
+# rounds (lua/dispatch.lua), above so no key's share is all of a tier.
+Weight = Annotated[float, msgspec.Meta(ge=0.1, le=1000)]
+ALL_TIERS: tuple[Tier, ...] = tuple(Tier)
 
 # Paths that never need a key: liveness for load balancers, and the API
 # document (routed in development only). CORS preflights (OPTIONS) pass too:
@@ -60,6 +68,17 @@ class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
     # None: the settings' default (RATE_LIMIT_RPM / RATE_LIMIT_TPM).
     rpm: Limit | None = None
     tpm: Limit | None = None
+    # Scheduling: the service tiers the key may ask for, the one it gets when
+    # it asks for none (or "auto"), and its weight among backlogged keys.
+    tiers: tuple[Tier, ...] = ALL_TIERS
+    default_tier: Tier = Tier.DEFAULT
+    weight: Weight = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.tiers:
+            raise ValueError(f"key {self.name}: tiers must name at least one tier")
+        if self.default_tier not in self.tiers:
+            raise ValueError(f"key {self.name}: default_tier {self.default_tier} is not in tiers")
 
 
 class KeysFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

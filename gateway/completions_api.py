@@ -243,6 +243,7 @@ async def _answer(
             int(time.time()),
             logprobs=job.request.params.logprobs,
             prompt_chars=_prompt_chars(job),
+            service_tier=job.tier,
         )
         if job.stream:
             return await _stream(request, st, answer, out)

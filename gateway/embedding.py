@@ -36,6 +36,8 @@ def embedding_job(
     owner: str,
     request_id: str,
     timeout: float | None = None,
+    tier: str = "default",
+    weight: float = 1.0,
 ) -> NewJob:
     return NewJob(
         model=model,
@@ -45,6 +47,8 @@ def embedding_job(
         stream=False,
         include_usage=False,
         timeout=timeout,
+        tier=tier,
+        weight=weight,
     )
 
 

@@ -100,7 +100,15 @@ async def create_embeddings(request: web.Request) -> web.Response:
         st.scripts, ratelimit.subject(request), rpm=rpm, tpm=tpm, cost_tokens=_cost(inputs)
     )
     request[ratelimit.HEADERS] = decision.headers() if decision is not None else {}
-    job = embedding_job(req.model, inputs, owner=caller.owner, request_id=caller.request_id)
+    # OpenAI's embeddings take no service_tier: they run in the key's default tier.
+    job = embedding_job(
+        req.model,
+        inputs,
+        owner=caller.owner,
+        request_id=caller.request_id,
+        tier=caller.default_tier,
+        weight=caller.weight,
+    )
     result = await embed(st, job)
     if req.dimensions is not None and req.dimensions != result.dim:
         raise BadRequest(

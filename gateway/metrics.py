@@ -49,6 +49,8 @@ START = "metrics.start"  # request key: when the request reached the gateway
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # prometheus-client's switch for multiprocess mode (read when it is imported).
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The `key` label of jobs queued without an API key.
+ANONYMOUS_KEY = "anonymous"
 
 
 class ClusterGauges(Collector):
@@ -67,10 +69,21 @@ class ClusterGauges(Collector):
 
     def __init__(self) -> None:
         self.values = dict.fromkeys(self.HELP, 0.0)
+        # (model, key, tier) -> jobs waiting to be dispatched. Keys are job
+        # owners, i.e. names from the keys file, so the labels stay bounded.
+        self.waiting: dict[tuple[str, str, str], int] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         for name, text in self.HELP.items():
             yield GaugeMetricFamily(name, text, value=self.values[name])
+        family = GaugeMetricFamily(
+            "proxy_queued_jobs_by_key",
+            "Jobs waiting to be dispatched, by model, API key and service tier",
+            labels=["model", "key", "tier"],
+        )
+        for labels, n in sorted(self.waiting.items()):
+            family.add_metric(list(labels), n)
+        yield family
 
 
 class GatewayMetrics:
@@ -115,7 +128,14 @@ class GatewayMetrics:
 
     async def refresh_cluster(self, models: ModelDirectory, jobs: JobClient) -> None:
         workers = await models.workers()
-        queued = sum((await jobs.queued_depths()).values())
+        depths = await jobs.queued_depths()
+        queued = sum(depths.values())
+        waiting: dict[tuple[str, str, str], int] = {}
+        for model, depth in depths.items():
+            if depth:
+                for (tier, owner), n in (await jobs.waiting(model)).items():
+                    waiting[(model, owner or ANONYMOUS_KEY, tier)] = n
+        self.cluster.waiting = waiting
         self.cluster.values.update(
             proxy_active_jobs=sum(w.active for w in workers),
             proxy_capacity=sum(w.slots for w in workers),

@@ -114,6 +114,8 @@ class _Sampling(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, float] | None = None
     timeout: TimeoutSeconds | None = None
+    # priority, default, flex or auto (gateway/parsing.py: service_tier).
+    service_tier: str | None = None
     # llama-server's extensions.
     top_k: TopK | None = None
     min_p: MinP | None = None

@@ -88,6 +88,11 @@ _SAMPLING = {
         "exclusiveMinimum": 0,
         "description": "Extension: seconds the job may wait and run",
     },
+    "service_tier": {
+        "type": "string",
+        "enum": ["auto", "priority", "default", "flex"],
+        "description": "The scheduling tier; auto: the API key's default tier",
+    },
     "top_k": {"type": "integer", "minimum": 0, "description": "Extension (llama-server); 0: off"},
     "min_p": {
         "type": "number",

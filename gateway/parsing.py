@@ -24,6 +24,7 @@ from gateway import structured, tools
 from gateway.errors import BadRequest
 from gateway.messages import messages as parse_messages
 from gateway.openai_types import ChatCompletionRequest, CompletionRequest
+from streamworker.protocol.outcomes import Tier
 from streamworker.protocol.wire import GenerationParams, JobKind, JobRequest, Message
 
 if TYPE_CHECKING:
@@ -47,6 +48,11 @@ class Caller:
     # Retrieved sources (retrieval-augmented chat, gateway/rag.py): put first
     # as a system message.
     context: str = ""
+    # The key's scheduling (keys file): the service tiers it may ask for, the
+    # one `auto` (or no service_tier) means, and its fair-share weight.
+    tiers: tuple[str, ...] = tuple(Tier)
+    default_tier: str = Tier.DEFAULT.value
+    weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,10 @@ class NewJob:
     batch: tuple[JobRequest, ...] = ()
     # The request's tools, when the answer may call them.
     tools: ToolPlan | None = None
+    # The service tier it is queued in (and the response echoes), and the
+    # owner's fair-share weight within that tier.
+    tier: str = Tier.DEFAULT.value
+    weight: float = 1.0
 
     @property
     def request_id(self) -> str:
@@ -187,6 +197,25 @@ def _params(
     )
 
 
+def service_tier(value: str | None, caller: Caller) -> str:
+    """OpenAI's `service_tier` -> the tier the job is queued in: `auto` (or
+    none) is the key's default tier; a tier the key may not use is a 400."""
+    if value is None or value == "auto":
+        return caller.default_tier
+    if value not in Tier.__members__.values():
+        names = ", ".join(["auto", *Tier])
+        raise BadRequest(f"service_tier must be one of {names}.", param="service_tier")
+    if value not in caller.tiers:
+        raise BadRequest(
+            f"This API key may not use service_tier '{value}'; it may use: "
+            + ", ".join(caller.tiers)
+            + ".",
+            param="service_tier",
+            code="service_tier_not_allowed",
+        )
+    return value
+
+
 def _new_job(
     req: ChatCompletionRequest | CompletionRequest,
     requests: list[JobRequest],
@@ -203,6 +232,8 @@ def _new_job(
         timeout=req.timeout,
         batch=tuple(requests[1:]),
         tools=plan,
+        tier=service_tier(req.service_tier, caller),
+        weight=caller.weight,
     )
 
 

@@ -1,11 +1,12 @@
 """The opt-in queue position (request header `X-Queue-Position: true`).
 
 Sent as an SSE comment (`: queue-position N`), which every SSE client ignores
-unless it looks for it, so the OpenAI stream format stays intact. N counts
-the undelivered stream entries up to and including the job's own (1: next to
-start; 0: a worker has taken it). The count runs inside Redis (nothing but
-the number crosses the network), costs O(N) and is bounded by MAX_QUEUE; it
-is asked only at keep-alive intervals, only for clients that opted in.
+unless it looks for it, so the OpenAI stream format stays intact. N estimates
+the jobs that start before it, plus itself, from the higher tiers and the
+fair shares of its own tier (1: next to start; lua/queue_position.lua). The
+count runs inside Redis (nothing but the number crosses the network), is
+bounded by MAX_QUEUE; it is asked only at keep-alive intervals, only for
+clients that opted in.
 """
 
 from __future__ import annotations

@@ -117,7 +117,14 @@ class Renderer(Protocol):
 
 class RendererFactory(Protocol):
     def __call__(
-        self, job_id: str, model: str, created: int, *, logprobs: bool, prompt_chars: int
+        self,
+        job_id: str,
+        model: str,
+        created: int,
+        *,
+        logprobs: bool,
+        prompt_chars: int,
+        service_tier: str,
     ) -> Renderer: ...
 
 
@@ -135,6 +142,8 @@ class ChatRenderer:
     created: int
     logprobs: bool = False
     prompt_chars: int = 0  # unused: chat logprobs carry no offsets
+    # The tier the job was queued in, echoed in every object as OpenAI does.
+    service_tier: str = "default"
 
     def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
         return sse(
@@ -145,6 +154,7 @@ class ChatRenderer:
                 model=self.model,
                 choices=choices,
                 usage=usage,
+                service_tier=self.service_tier,
             )
         )
 
@@ -167,6 +177,7 @@ class ChatRenderer:
                 model=self.model,
                 choices=out,
                 usage=usage,
+                service_tier=self.service_tier,
             )
         )
 
@@ -218,6 +229,8 @@ class TextRenderer:
     created: int
     logprobs: bool = False
     prompt_chars: int = 0  # where a choice's text starts (0 with echo)
+    # Not in OpenAI's legacy completion objects, so not echoed.
+    service_tier: str = "default"
     _offsets: dict[int, int] = field(default_factory=dict)
 
     def _chunk(self, choices: list[TextChoice], usage: Usage | None = None) -> bytes:

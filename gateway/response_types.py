@@ -99,6 +99,8 @@ class ChatCompletionChunk(msgspec.Struct):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    # The tier the job ran in (OpenAI's `service_tier`).
+    service_tier: str | None = None
 
 
 class AssistantMessage(msgspec.Struct):
@@ -122,6 +124,7 @@ class ChatCompletion(msgspec.Struct):
     model: str
     choices: list[Choice]
     usage: Usage
+    service_tier: str | None = None
 
 
 # -- legacy text completions -------------------------------------------------------------

@@ -55,6 +55,31 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     cors_allow_origins: str = ""
     # Log prompt text at DEBUG (never in production). Off: prompts never logged.
     log_prompts: bool = False
+    # -- files, batches and webhooks (docs/batches.md) --
+    # A file's bytes live in Redis (memory and AOF): hence the cap.
+    batch_max_file_bytes: PositiveInt = 16 << 20
+    batch_max_lines: PositiveInt = 50_000
+    # Lines of one batch queued at once; the rest wait their turn, so a huge
+    # batch never floods the queue or Redis with jobs.
+    batch_max_in_flight: PositiveInt = 256
+    # How often each gateway looks for batches and webhook messages to advance.
+    batch_poll_seconds: PositiveFloat = 0.25
+    # A gateway advancing a batch holds it this long at most: one killed
+    # mid-step delays the batch by no more than this.
+    batch_lease_seconds: PositiveFloat = 10.0
+    # Also accept completion windows other than "24h" ("90s", "10m", "2h"):
+    # an extension, for tests and short-lived work.
+    batch_custom_windows: bool = False
+    # Running jobs of a cancelled batch get this long to end before their lines
+    # are written off as cancelled.
+    batch_cancel_grace_seconds: PositiveFloat = 10.0
+    # Files (inputs and outputs) and finished batches are kept this long.
+    files_ttl_seconds: PositiveInt = 30 * 24 * 3600
+    # Webhook retries: base * 2**attempt seconds apart (capped at an hour),
+    # until a 2xx or until the message is this old.
+    webhook_retry_base_seconds: PositiveFloat = 5.0
+    webhook_max_age_seconds: PositiveInt = 3 * 24 * 3600
+    webhook_timeout_seconds: PositiveFloat = 10.0
 
     def processes(self) -> int:
         """GATEWAY_WORKERS as a number of processes ("auto": the cores this

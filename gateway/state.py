@@ -43,6 +43,10 @@ class GatewayState:
     models: ModelDirectory
     metrics: Metrics
     context_window: ContextWindow
+    # REDIS_WAIT_REPLICAS: how many replicas must hold an accepted job
+    # before the client hears of it (0: the master's word is enough).
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("state", GatewayState)

@@ -17,7 +17,8 @@ from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from gateway.errors import QueueFull, ServiceUnavailable
 from gateway.relay import Relay
 from streamworker.protocol import client as jobclient
-from streamworker.protocol import logs
+from streamworker.protocol import keys, logs
+from streamworker.protocol.connections import confirm
 from streamworker.protocol.keys import model_keys
 from streamworker.protocol.record import new_job_id
 
@@ -55,6 +56,8 @@ async def enqueue(st: GatewayState, job: NewJob, job_id: str) -> tuple[str, bool
             timeout_seconds=job.timeout,
             max_queue=max_queue,
             idempotency_key=job.idempotency_key,
+            tier=job.tier,
+            weight=job.weight,
         )
     except jobclient.QueueAtLimit as full:
         st.metrics.rejected.inc()
@@ -74,8 +77,29 @@ async def enqueue(st: GatewayState, job: NewJob, job_id: str) -> tuple[str, bool
         raise _unavailable() from exc
     except (RedisError, OSError) as exc:
         raise _unavailable() from exc
+    if st.wait_replicas > 0:
+        await _replicated(st, job.model, final_id)
     logs.job_id.set(final_id)  # a retried Idempotency-Key: the first job
     return final_id, created
+
+
+async def _replicated(st: GatewayState, model: str, job_id: str) -> None:
+    """REDIS_WAIT_REPLICAS: answer 2xx only once that many replicas hold the
+    job, so a failover right after cannot lose it. Short of that the client
+    gets a 503; the job may still run, and a retry with the same
+    Idempotency-Key finds it rather than making a second one."""
+    try:
+        # The job's master and the master holding its id -> model index.
+        acked = await confirm(
+            st.redis,
+            [model_keys(model).job(job_id), keys.job_model(job_id)],
+            st.wait_replicas,
+            st.wait_timeout_ms,
+        )
+    except (RedisError, OSError) as exc:
+        raise _unavailable() from exc
+    if acked < st.wait_replicas:
+        raise _unavailable()
 
 
 @contextlib.asynccontextmanager

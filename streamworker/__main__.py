@@ -7,11 +7,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
+from redis.exceptions import RedisError
 
 from streamworker import capacity as capacity_mod
 from streamworker import instance
@@ -20,9 +21,10 @@ from streamworker.engines.embedder import Embedder
 from streamworker.heartbeat import Heartbeat, WatchedEngine, engine_alive
 from streamworker.metrics import WorkerMetrics
 from streamworker.notify import WorkerNotifications
-from streamworker.protocol import registry
+from streamworker.protocol import connections, registry
 from streamworker.protocol.connections import connect
 from streamworker.protocol.consumer import JobConsumer
+from streamworker.protocol.keys import model_keys
 from streamworker.protocol.logs import setup_logging
 from streamworker.protocol.scripts import Scripts
 from streamworker.protocol.settings import (
@@ -58,7 +60,7 @@ async def run_worker(
 ) -> int:
     """Take a name and a metrics port before the model loads, so a clash
     stops the start at once (SettingsError), then serve."""
-    redis = connect(redis_settings)
+    redis = await connect(redis_settings)
     try:
         lease = await instance.claim(
             redis,
@@ -74,6 +76,7 @@ async def run_worker(
                 engine_settings,
                 worker_settings,
                 embedding_settings or EmbeddingSettings(),
+                redis_settings,
             )
         finally:
             await lease.release()
@@ -108,6 +111,28 @@ def _serve_metrics(
         ) from None
 
 
+def replicated(
+    redis: Redis, model: str, settings: RedisSettings
+) -> Callable[[str], Awaitable[None]]:
+    """REDIS_WAIT_REPLICAS for results: WAIT on the model's master after a
+    job's finish. A shortfall is logged, not fatal: the client already has
+    the end, and a result lost in a failover is run again after its lease."""
+
+    async def confirm(job_id: str) -> None:
+        n, timeout = settings.redis_wait_replicas, settings.redis_wait_timeout_ms
+        try:
+            acked = await connections.confirm(redis, [model_keys(model).job(job_id)], n, timeout)
+        except (RedisError, OSError) as exc:
+            log.warning("job %s: result not confirmed on replicas (%s)", job_id, exc)
+            return
+        if acked < n:
+            log.warning(
+                "job %s: result on %d of %d replicas after %d ms", job_id, acked, n, timeout
+            )
+
+    return confirm
+
+
 async def _serve(
     redis: Redis,
     lease: instance.NameLease,
@@ -115,6 +140,7 @@ async def _serve(
     engine_settings: EngineSettings,
     worker_settings: WorkerSettings,
     embedding_settings: EmbeddingSettings,
+    redis_settings: RedisSettings | None = None,
 ) -> int:
     """Serve until SIGTERM, the engine's death (exit 1) or the loss of the
     worker's name to another process (exit 1)."""
@@ -181,6 +207,8 @@ async def _serve(
             # Jobs of kind `embedding`; the model loads on the first one.
             embedder=embedder,
         )
+        if redis_settings is not None and redis_settings.redis_wait_replicas > 0:
+            worker.confirm_finished = replicated(redis, consumer.model, redis_settings)
         heartbeat = Heartbeat(
             redis,
             engine,

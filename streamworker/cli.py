@@ -161,7 +161,7 @@ def ingest(args: argparse.Namespace) -> int:
 async def dispatch(
     args: argparse.Namespace, redis_settings: RedisSettings, queue_settings: QueueSettings
 ) -> int:
-    redis = connect(redis_settings)
+    redis = await connect(redis_settings)
     try:
         if args.command == "inspect":
             await inspect(redis)

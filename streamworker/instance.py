@@ -39,6 +39,7 @@ import anyio
 from redis.exceptions import RedisError, WatchError
 
 from streamworker.protocol import keys
+from streamworker.protocol.connections import key_owner
 from streamworker.protocol.settings import SettingsError
 from streamworker.retry import with_backoff
 
@@ -162,7 +163,10 @@ class NameLease:
         under WATCH, so of two processes taking one name, one wins."""
         while True:
             try:
-                async with self.redis.pipeline(transaction=True) as pipe:
+                async with (
+                    key_owner(self.redis, self.key) as redis,
+                    redis.pipeline(transaction=True) as pipe,
+                ):
                     await pipe.watch(self.key)
                     raw = await pipe.get(self.key)
                     other = None
@@ -183,7 +187,10 @@ class NameLease:
         A lease Redis lost (a restart without its data) is taken again."""
         while True:
             try:
-                async with self.redis.pipeline(transaction=True) as pipe:
+                async with (
+                    key_owner(self.redis, self.key) as redis,
+                    redis.pipeline(transaction=True) as pipe,
+                ):
                     await pipe.watch(self.key)
                     raw = await pipe.get(self.key)
                     if raw is not None and raw.decode() != self.value:
@@ -223,7 +230,10 @@ class NameLease:
         error the TTL frees it instead."""
         with anyio.CancelScope(shield=True):
             try:
-                async with self.redis.pipeline(transaction=True) as pipe:
+                async with (
+                    key_owner(self.redis, self.key) as redis,
+                    redis.pipeline(transaction=True) as pipe,
+                ):
                     await pipe.watch(self.key)
                     if await pipe.get(self.key) == self.value.encode():
                         pipe.multi()

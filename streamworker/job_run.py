@@ -14,6 +14,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -78,6 +79,9 @@ class JobRun:
         self.sent: list[LogEntry] = list(started.logged)
         self._buffer: list[LogEntry] = []
         self._wake = anyio.Event()
+        # REDIS_WAIT_REPLICAS: waits until replicas hold the finished result
+        # (set by the worker; None: the master's word is enough).
+        self.confirm: Callable[[str], Awaitable[object]] | None = None
         self._generating = True
         self._done: Done | None = None
         self._error: Exception | None = None
@@ -192,6 +196,8 @@ class JobRun:
         if not ok:
             log.warning("job %s: finish refused (stale attempt %d)", self.job_id, self.attempt)
             return
+        if self.confirm is not None:
+            await self.confirm(self.job_id)
         if self.metrics:
             new_tokens = completion - completion_tokens(self.resumed)
             self.metrics.job_finished(

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 from wsgiref.simple_server import WSGIServer, make_server
 
@@ -23,6 +24,17 @@ log = logging.getLogger("streamworker.metrics")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.25, 0.5, 1.0)
+# The `key` label of jobs queued without an API key.
+ANONYMOUS = "anonymous"
+# The API key (job owner) of the job this task runs: set by the worker for
+# each job's own task, so per-key counts need no owner passed around.
+job_owner: ContextVar[str] = ContextVar("job_owner", default="")
+
+
+def key_label(owner: str) -> str:
+    """The owner is the name of a key in the gateway's keys file (or none), so
+    the label's values are bounded by the configured keys."""
+    return owner or ANONYMOUS
 
 
 class WorkerMetrics:
@@ -68,6 +80,19 @@ class WorkerMetrics:
             "streamworker_e2e_request_latency_seconds",
             "From enqueue to the job's end",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "streamworker_queue_wait_seconds",
+            "From enqueue to the job's first start, by API key and service tier",
+            ["key", "tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.key_tokens = Counter(
+            "streamworker_key_generation_tokens_total",
+            "Tokens generated, by the API key that queued the job",
+            ["key"],
             registry=r,
         )
         self.inter_token = Histogram(
@@ -117,9 +142,13 @@ class WorkerMetrics:
         threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         return server.server_port
 
-    def job_started(self, attempt: int, created_at_ms: int) -> None:
+    def job_started(
+        self, attempt: int, created_at_ms: int, owner: str = "", tier: str = ""
+    ) -> None:
         if attempt <= 1:
-            self.queue_time.observe(max(0.0, time.time() - created_at_ms / 1000))
+            waited = max(0.0, time.time() - created_at_ms / 1000)
+            self.queue_time.observe(waited)
+            self.queue_wait.labels(key_label(owner), tier or "default").observe(waited)
 
     def job_finished(
         self,
@@ -131,6 +160,7 @@ class WorkerMetrics:
     ) -> None:
         self.jobs.labels(status).inc()
         self.tokens.inc(new_tokens)
+        self.key_tokens.labels(key_label(job_owner.get())).inc(new_tokens)
         now = time.monotonic()
         if first_token is not None:
             self.ttft.observe(first_token - t0)

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from streamworker.embedding_run import EmbeddingRun
 from streamworker.job_run import JobRun, bind_log_context
+from streamworker.metrics import job_owner
 from streamworker.protocol.outcomes import StopReason
 from streamworker.protocol.wire import JobKind, decode_request
 from streamworker.retry import with_backoff
@@ -67,6 +68,9 @@ class Worker:
         # Set once the shutdown grace is over: every job still here goes back.
         self._handing_back = False
         self.jobs_done = 0
+        # REDIS_WAIT_REPLICAS > 0: each finished job's result is confirmed on
+        # the replicas before its slot takes the next job (streamworker/__main__.py).
+        self.confirm_finished: Callable[[str], Awaitable[object]] | None = None
 
     @property
     def name(self) -> str:
@@ -217,6 +221,7 @@ class Worker:
     async def _run_job(self, entry: Entry) -> None:
         # Each job runs in its own task, so the log context stays with it.
         bind_log_context(entry)
+        job_owner.set(entry.owner)
         try:
             started = await with_backoff(lambda: self.consumer.start(entry))
             if isinstance(started, str):
@@ -233,12 +238,15 @@ class Worker:
                 )
             else:
                 job = JobRun(self.consumer, self.engine, entry, started, request, self.metrics)
+                job.confirm = self.confirm_finished
             self.active[entry.entry_id] = job
             if self._handing_back:
                 job.stop(StopReason.HANDBACK)
             if self.metrics:
                 self.metrics.active.set(len(self.active))
-                self.metrics.job_started(started.attempt, started.created_at_ms)
+                self.metrics.job_started(
+                    started.attempt, started.created_at_ms, entry.owner, entry.tier
+                )
             await job.run()
             self.jobs_done += 1
             if job.retry_delay_ms:

@@ -166,6 +166,7 @@ def _shared(parse: Callable[..., NewJob]) -> dict[str, Honoured | Refused | Iner
         ),
         "n": Honoured(parse, {"n": 3}, lambda j: _params(j).n == 3),
         "timeout": Honoured(parse, {"timeout": 5}, lambda j: j.timeout == 5),
+        "service_tier": Honoured(parse, {"service_tier": "flex"}, lambda j: j.tier == "flex"),
         "user": Inert(
             parse, {"user": "u-42"}, "metadata for OpenAI's abuse tracking; never logged"
         ),

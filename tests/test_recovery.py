@@ -9,12 +9,12 @@ import time
 
 import anyio
 import pytest
-from redis.asyncio import Redis
 
 from streamworker.protocol.client import JobClient
+from streamworker.protocol.connections import connect
 from streamworker.protocol.consumer import JobConsumer
 from streamworker.protocol.scripts import Scripts
-from streamworker.protocol.settings import QueueSettings
+from streamworker.protocol.settings import QueueSettings, RedisSettings
 from streamworker.protocol.wire import End, GenerationParams, JobRequest, LogEntry, Message
 from tests.conftest import ECHO, client_for
 from tests.harness import wait_for
@@ -153,7 +153,8 @@ def test_long_job_is_not_stolen(start_gateway, start_worker, r):
 async def test_stale_worker_result_is_refused(redis_url):
     """Worker A stalls past its lease; B reclaims (attempt 2). A's late tokens,
     lease refresh and result are all refused; B's are accepted."""
-    redis = Redis.from_url(redis_url)
+    # Through the one connection module: a RedisCluster under --redis-cluster.
+    redis = await connect(RedisSettings(redis_url=redis_url))
     settings = QueueSettings(job_lease_seconds=0.2)
     scripts = Scripts(redis)
     client = JobClient(redis, scripts, settings)

@@ -61,7 +61,9 @@ def test_chat_body() -> None:
     assert body == (
         b'{"id":"chatcmpl-1","object":"chat.completion","created":100,"model":"m",'
         b'"choices":[{"index":0,"message":{"role":"assistant","content":"hello"},'
-        b'"finish_reason":"length","logprobs":null}],"usage":' + USAGE_JSON + b"}"
+        b'"finish_reason":"length","logprobs":null}],"usage":'
+        + USAGE_JSON
+        + b',"service_tier":"default"}'
     )
 
 
@@ -69,19 +71,24 @@ def test_chat_frames() -> None:
     out = chat_out()
     assert out.opening(1) == (
         b"data: " + HEAD_CHAT + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
-        b'"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
+        b'"logprobs":null,"finish_reason":null}],"usage":null,"service_tier":"default"}\n\n'
     )
     assert out.content(0, "hi ", ()) == (
         b"data: " + HEAD_CHAT + b'"choices":[{"index":0,"delta":{"content":"hi "},'
-        b'"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
+        b'"logprobs":null,"finish_reason":null}],"usage":null,"service_tier":"default"}\n\n'
     )
     closing = (
         b"data: " + HEAD_CHAT + b'"choices":[{"index":0,"delta":{},'
-        b'"logprobs":null,"finish_reason":"length"}],"usage":null}\n\n'
+        b'"logprobs":null,"finish_reason":"length"}],"usage":null,"service_tier":"default"}\n\n'
     )
     assert out.closing(["length"], None) == closing
     assert out.closing(["length"], USAGE) == (
-        closing + b"data: " + HEAD_CHAT + b'"choices":[],"usage":' + USAGE_JSON + b"}\n\n"
+        closing
+        + b"data: "
+        + HEAD_CHAT
+        + b'"choices":[],"usage":'
+        + USAGE_JSON
+        + b',"service_tier":"default"}\n\n'
     )
 
 

@@ -21,12 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # `tests.harness` and the packages, from any cwd
 
 from ops.bench import (  # noqa: E402
+    cluster,
     cpp,
     echo_figures,
     grammar_figure,
     load,
     model_figures,
     report,
+    scheduling,
     stack,
 )
 from streamworker.engines.model_file import resolve_model_path  # noqa: E402
@@ -85,6 +87,36 @@ def grammar_only(smoke: bool) -> int:
     return 0
 
 
+def cluster_only(smoke: bool) -> int:
+    """One Redis vs a 3-master Redis Cluster, printed as its report section
+    (docs/benchmarks.md keeps the last one pasted in)."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        results = cluster.run(Path(tmp), smoke)
+    when = (
+        f"Run alone (`just bench --only-cluster`) on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_name()}, "
+        f"{os.cpu_count()} cores; load average at start / end: "
+        f"{results['loadavg_start']} / {results['loadavg_end']}."
+    )
+    print("\n".join(cluster.section(results, when)))
+    return 0
+
+
+def scheduling_only(smoke: bool) -> int:
+    """Tiers, fair shares and the scheduler's overhead (echo), printed as its
+    report section (docs/benchmarks.md keeps the last one pasted in)."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        results = scheduling.run(Path(tmp), smoke)
+    when = (
+        f"Run alone (`just bench --only-scheduling`) on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_name()}, "
+        f"{os.cpu_count()} cores; load average at start / end: "
+        f"{results['loadavg_start']} / {results['loadavg_end']}."
+    )
+    print("\n".join(scheduling.section(results, when)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="just bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the suite runs")
@@ -116,7 +148,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run only figure 6 (the cost of a JSON-schema grammar) and print it",
     )
+    ap.add_argument(
+        "--only-cluster",
+        action="store_true",
+        help="run only the Redis Cluster figures (one Redis vs 3 masters) and print them",
+    )
+    ap.add_argument(
+        "--only-scheduling",
+        action="store_true",
+        help="run only the scheduling figures (tiers, fair shares, overhead) and print them",
+    )
     args = ap.parse_args(argv)
+    if args.only_scheduling:
+        return scheduling_only(args.smoke)
+    if args.only_cluster:
+        return cluster_only(args.smoke)
     if args.only_grammar:
         return grammar_only(args.smoke)
     saved = ROOT / ".run" / "bench-results.pickle"

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import anyio
 from redis.exceptions import NoScriptError, RedisError
 
+from streamworker.protocol.connections import is_cluster
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
@@ -54,6 +56,12 @@ class Appender:
         if len(batch) == 1:  # nothing to gain from a pipeline
             keys, args, fut = batch[0]
             await self._one(keys, args, fut)
+            return
+        if is_cluster(self.redis):
+            # A cluster pipeline refuses EVALSHA (its jobs' slots may live on
+            # different masters): send the batch's calls side by side instead,
+            # still one wake-up for the whole batch.
+            await asyncio.gather(*(self._one(keys, args, fut) for keys, args, fut in batch))
             return
         try:
             async with self.redis.pipeline(transaction=False) as pipe:

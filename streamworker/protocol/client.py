@@ -10,7 +10,7 @@ import msgspec
 
 from streamworker.protocol import keys
 from streamworker.protocol.keys import model_keys
-from streamworker.protocol.outcomes import JobStatus, Reply
+from streamworker.protocol.outcomes import JobStatus, Reply, Tier
 from streamworker.protocol.record import JobRecord, now_ms
 from streamworker.protocol.wire import JobRequest, LogEntry, decode_log
 
@@ -49,10 +49,16 @@ class JobClient:
         timeout_seconds: float | None = None,
         max_queue: int = 0,
         idempotency_key: str | None = None,
+        tier: str = "default",
+        weight: float = 1.0,
     ) -> tuple[str, bool]:
         """Add a job unless the queue is at its bound (QueueAtLimit). Returns (job id,
         created): a retried Idempotency-Key of the same owner returns the
-        first job's id and False."""
+        first job's id and False. `tier` ("priority", "default", "flex") and
+        the owner's fair-share `weight` decide when it is dispatched."""
+        tier = Tier(tier).value  # ValueError for a tier that does not exist
+        if weight <= 0:
+            raise ValueError("weight must be positive")
         k = model_keys(model)
         now = now_ms()
         timeout = timeout_seconds or self._settings.job_timeout_seconds
@@ -74,6 +80,8 @@ class JobClient:
                 1 if idempotency_key else 0,
                 owner,
                 request.kind.value,
+                tier,
+                repr(float(weight)),
             ],
         )
         outcome = result[0].decode()
@@ -123,8 +131,30 @@ class JobClient:
         models = sorted(m.decode() for m in await self._redis.smembers(keys.MODELS))
         if not models:
             return {}
-        depths = await self._redis.mget([model_keys(m).queued for m in models])
+        # One GET per model in one pipeline, not MGET: each model's counter
+        # lives in its own slot, and on Redis Cluster MGET takes one slot.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for m in models:
+                pipe.get(model_keys(m).queued)
+            depths = await pipe.execute()
         return {m: int(d or 0) for m, d in zip(models, depths, strict=True)}
+
+    async def waiting(self, model: str) -> dict[tuple[str, str], int]:
+        """(tier, owner) -> jobs waiting to be dispatched, for every owner
+        with a backlog (the metrics' per-key queue depth)."""
+        k = model_keys(model)
+        out: dict[tuple[str, str], int] = {}
+        for tier in Tier:
+            owners = [o.decode() for o in await self._redis.lrange(k.ring(tier), 0, -1)]
+            if not owners:
+                continue
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for owner in owners:
+                    pipe.xlen(k.wait(tier, owner))
+                lengths = await pipe.execute()
+            for owner, n in zip(owners, lengths, strict=True):
+                out[(tier.value, owner)] = int(n)
+        return out
 
     async def dead(self, model: str, count: int = 100) -> list[tuple[str, dict[str, str]]]:
         rows = await self._redis.xrange(model_keys(model).dead, count=count)
@@ -145,6 +175,6 @@ class JobClient:
             ex=int(self._settings.job_timeout_seconds) + self._settings.job_result_ttl_seconds,
         )
         result = await self._scripts.replay(
-            keys=[k.dead, k.stream, k.job(job_id), k.queued], args=[dead_id, now, deadline]
+            keys=[k.dead, k.stream, k.job(job_id), k.queued], args=[dead_id, now, deadline, 1]
         )
         return None if result == Reply.MISSING.encode() else result.decode()

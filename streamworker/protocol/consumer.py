@@ -6,10 +6,11 @@ Each multi-step change is one Lua script (lua/, docs/architecture.md)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from redis.exceptions import ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, ResponseError
 
 from streamworker.protocol import keys
 from streamworker.protocol.appender import Appender
@@ -31,6 +32,10 @@ class Entry(msgspec.Struct, frozen=True):
     entry_id: str
     job_id: str
     payload: bytes
+    # Who queued it, in which tier, and when (the per-key queue-wait metrics).
+    owner: str = ""
+    tier: str = ""
+    enqueued_at_ms: int = 0
 
 
 class Started(msgspec.Struct, frozen=True):
@@ -76,16 +81,59 @@ class JobConsumer:
         await self._redis.sadd(keys.MODELS, self.model)
 
     async def read(self, count: int, block_ms: int | None, *, own: bool = False) -> list[Entry]:
-        """XREADGROUP at most `count` entries: new ones ('>'), or with own=True
-        this consumer's pending entries from a previous life ('0')."""
-        reply = await self._redis.xreadgroup(
-            keys.GROUP,
-            self.name,
-            {self._keys.stream: "0" if own else ">"},
-            count=count,
-            block=block_ms,
+        """At most `count` entries: new ones, dispatched from the wait streams
+        by the scheduler (waiting up to `block_ms` for one to arrive; 0:
+        forever, None: not at all), or with own=True this consumer's pending
+        entries from a previous life (XREADGROUP '0')."""
+        if own:
+            reply = await self._redis.xreadgroup(
+                keys.GROUP, self.name, {self._keys.stream: "0"}, count=count
+            )
+            return [e for _, entries in reply or [] for e in _entries(entries)]
+        entries = await self.dispatch(count)
+        if entries or block_ms is None:
+            return entries
+        # Block until an enqueue leaves a token (a list pop wakes one worker per
+        # job, and no wakeup is lost between the dispatch above and the wait).
+        wake = [self._keys.wake]
+        if isinstance(self._redis, RedisCluster):
+            if await self._redis.blpop(wake, timeout=block_ms / 1000) is None:
+                return []
+            return await self.dispatch(count)
+        # The dispatch rides behind the pop on the same connection: Redis runs
+        # it the moment the pop returns, saving a round trip on every wake.
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.blpop(wake, timeout=block_ms / 1000)
+                await self._dispatch(count, pipe, now=0)
+                _, flat = await pipe.execute()
+        except NoScriptError:
+            # Redis restarted while the pop was waiting: the pipeline's retry
+            # resends EVALSHA to a server that has not loaded the script. A
+            # direct call loads it again.
+            return await self.dispatch(count)
+        return _dispatched(flat)
+
+    async def dispatch(self, count: int) -> list[Entry]:
+        """Move up to `count` waiting jobs into the run stream, chosen by tier,
+        aging and fair share (lua/dispatch.lua), delivered to this consumer."""
+        return _dispatched(await self._dispatch(count, self._redis, now=now_ms()))
+
+    def _dispatch(self, count: int, client: Any, *, now: int) -> Any:
+        """The dispatch script's call on `client` (now=0: Redis's clock)."""
+        k = self._keys
+        return self._scripts.dispatch(
+            keys=[k.stream, k.queued, k.wake],
+            args=[
+                keys.GROUP,
+                self.name,
+                count,
+                now,
+                int(self._settings.scheduler_aging_seconds * 1000),
+                self._settings.job_result_ttl_seconds,
+            ],
+            client=client,
         )
-        return [e for _, entries in reply or [] for e in _entries(entries)]
 
     async def reclaim(self, count: int) -> list[Entry]:
         """XAUTOCLAIM entries idle longer than the lease (their owner is dead),
@@ -227,6 +275,22 @@ class JobConsumer:
         return {x.decode() for x in lost}
 
 
+def _dispatched(flat: list[bytes]) -> list[Entry]:
+    """dispatch.lua's reply: six fields per entry delivered."""
+    return [
+        Entry(
+            entry_id=flat[i].decode(),
+            job_id=flat[i + 1].decode(),
+            payload=flat[i + 2],
+            owner=flat[i + 3].decode(),
+            tier=flat[i + 4].decode(),
+            enqueued_at_ms=int(flat[i + 5] or 0),
+        )
+        for i in range(0, len(flat), 6)
+        if flat[i + 1]
+    ]
+
+
 def _entries(raw: list[tuple[bytes, dict[bytes, bytes] | None]]) -> list[Entry]:
     out = []
     for entry_id, fields in raw:
@@ -239,6 +303,9 @@ def _entries(raw: list[tuple[bytes, dict[bytes, bytes] | None]]) -> list[Entry]:
                 entry_id=entry_id.decode(),
                 job_id=fields[b"job_id"].decode(),
                 payload=fields[b"payload"],
+                owner=fields.get(b"owner", b"").decode(),
+                tier=fields.get(b"tier", b"").decode(),
+                enqueued_at_ms=int(fields.get(b"enqueued_at", b"0") or 0),
             )
         )
     return out

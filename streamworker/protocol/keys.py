@@ -24,7 +24,7 @@ def tag(model: str) -> str:
 class ModelKeys:
     """Key names for one model's queue; all share the model's hash tag."""
 
-    __slots__ = ("dead", "model", "queued", "stream", "t")
+    __slots__ = ("dead", "model", "queued", "stream", "t", "wake", "weights")
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -36,6 +36,29 @@ class ModelKeys:
         self.dead = f"{self.t}:dead"
         # Counter of job records in status `queued` (the O(1) backpressure check).
         self.queued = f"{self.t}:queued"
+        # Scheduling (docs/architecture.md, "Scheduling"): a queued job waits in
+        # wait(tier, owner) until a worker's dispatch moves it into `stream`.
+        # A list of tokens an idle worker blocks on (BLPOP): one per enqueue.
+        self.wake = f"{self.t}:wake"
+        # owner -> fair-share weight (the keys file's `weight`), kept by enqueue.
+        self.weights = f"{self.t}:weights"
+
+    def wait(self, tier: str, owner: str) -> str:
+        """The jobs of one (tier, owner) not yet dispatched (a stream, oldest first)."""
+        return f"{self.t}:wait:{tier}:{owner}"
+
+    def ring(self, tier: str) -> str:
+        """The tier's owners with waiting jobs, in round-robin order (a list)."""
+        return f"{self.t}:ring:{tier}"
+
+    def deficit(self, tier: str) -> str:
+        """owner -> deficit-round-robin credit in jobs (a hash)."""
+        return f"{self.t}:deficit:{tier}"
+
+    def age(self, tier: str) -> str:
+        """job id -> enqueue time (ms) of the tier's waiting jobs (a sorted set):
+        its head is the oldest, which aging compares across tiers."""
+        return f"{self.t}:age:{tier}"
 
     def job(self, job_id: str) -> str:
         """The job record (a hash): status, attempt, timestamps, result."""

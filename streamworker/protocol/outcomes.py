@@ -55,6 +55,15 @@ STATUS_CODES: dict[JobStatus, EndCode] = {
 }
 
 
+class Tier(enum.StrEnum):
+    """A job's service tier, highest first: a free slot takes the oldest
+    job's tier once aging is counted, else the highest tier with jobs."""
+
+    PRIORITY = "priority"
+    DEFAULT = "default"
+    FLEX = "flex"
+
+
 class StopReason(enum.StrEnum):
     """Why a worker stopped a running job before the engine finished it."""
 
@@ -107,6 +116,7 @@ def lua_vocabulary() -> str:
             table("R", {r.name.lower(): r.value for r in Reply}),
             table("CODE", {c.value: c.value for c in EndCode}),
             table("MESSAGE", {c.value: END_MESSAGES[c] for c in EndCode}),
+            "local TIERS = {" + ", ".join(_lua_str(t.value) for t in Tier) + "}",
             "local TERMINAL = {"
             + ", ".join(f"[S.{s.value}] = true" for s in JobStatus if s.terminal)
             + "}",

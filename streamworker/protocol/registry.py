@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from streamworker.protocol import keys
+from streamworker.protocol.connections import is_cluster
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -43,11 +44,17 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
 async def publish(redis: Redis, info: WorkerInfo, ttl_ms: int) -> None:
     """One heartbeat: the worker's info, alive for `ttl_ms`."""
     key = keys.worker(info.id)
-    async with redis.pipeline(transaction=True) as pipe:
+    # The hash first, then the index: the two keys may live on different
+    # Redis Cluster masters, so no transaction holds both; in this order a
+    # reader never finds an id in the index whose hash was not yet written
+    # (which it would take for a dead worker and drop).
+    # On a cluster no MULTI (see connections.key_owner): the hash and its TTL
+    # go in one pipeline, in order, and the next heartbeat repairs a partial one.
+    async with redis.pipeline(transaction=not is_cluster(redis)) as pipe:
         pipe.hset(key, mapping=msgspec.to_builtins(info))
         pipe.pexpire(key, ttl_ms)
-        pipe.zadd(keys.WORKERS, {info.id: info.heartbeat_at})
         await pipe.execute()
+    await redis.zadd(keys.WORKERS, {info.id: info.heartbeat_at})
 
 
 async def withdraw(redis: Redis, worker_id: str) -> None:

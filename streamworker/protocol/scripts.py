@@ -20,12 +20,18 @@ if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
 
+# The scripts that put a job into a wait stream or take it out also get
+# the scheduling helpers (lua/_schedule.lua).
+SCHEDULING = frozenset({"enqueue", "dispatch", "cancel", "replay", "queue_position"})
+
+
 @cache
 def source(name: str) -> str:
     lua = resources.files("streamworker.protocol") / "lua"
-    return "\n".join(
-        [lua_vocabulary(), (lua / "_common.lua").read_text(), (lua / f"{name}.lua").read_text()]
-    )
+    parts = [lua_vocabulary(), (lua / "_common.lua").read_text()]
+    if name in SCHEDULING:
+        parts.append((lua / "_schedule.lua").read_text())
+    return "\n".join([*parts, (lua / f"{name}.lua").read_text()])
 
 
 class Scripts:
@@ -40,6 +46,7 @@ class Scripts:
         self.cancel = load("cancel")
         self.replay = load("replay")
         self.queue_position = load("queue_position")
+        self.dispatch = load("dispatch")
         self.start = load("start")
         self.append = load("append")
         self.finish = load("finish")

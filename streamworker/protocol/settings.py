@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -48,6 +48,13 @@ class RedisSettings(msgspec.Struct, kw_only=True):
     # redis://[:password@]host:port/db, or rediss:// for TLS.
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_max_connections: PositiveInt = 256
+    # "true"/"false" forces Redis Cluster on or off; empty: ask REDIS_URL's
+    # node (INFO cluster) at start (streamworker/protocol/connections.py).
+    redis_cluster: Literal["", "true", "false"] = ""
+    # > 0: an accepted job (gateway) and a finished result (worker) are
+    # confirmed with WAIT on this many replicas before anyone is told.
+    redis_wait_replicas: Annotated[int, msgspec.Meta(ge=0)] = 0
+    redis_wait_timeout_ms: PositiveInt = 1000
 
 
 class QueueSettings(msgspec.Struct, kw_only=True):
@@ -60,3 +67,6 @@ class QueueSettings(msgspec.Struct, kw_only=True):
     # Deadline for a job to start and finish, from when it is accepted.
     job_timeout_seconds: PositiveFloat = 600.0
     job_result_ttl_seconds: PositiveInt = 3600
+    # Aging: a job that has waited this long competes as one tier higher (twice
+    # as long: two tiers), so flex work completes under constant load. 0: strict tiers.
+    scheduler_aging_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0

@@ -28,7 +28,7 @@ local function finalize(rec, log, chan, stream, group, entry, status, now, ttl, 
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
   end
-  redis.call('PUBLISH', chan, event)
+  redis.call('SPUBLISH', chan, event)
 end
 
 local function error_event(status, code, message)

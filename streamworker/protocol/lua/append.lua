@@ -11,5 +11,5 @@ local logged = redis.call('LLEN', log)
 if logged == tonumber(ARGV[2]) + #ARGV - 3 then return R.ok end
 if logged ~= tonumber(ARGV[2]) then return R.stale end
 redis.call('RPUSH', log, unpack(ARGV, 4))
-redis.call('PUBLISH', chan, ARGV[3])
+redis.call('SPUBLISH', chan, ARGV[3])
 return R.ok

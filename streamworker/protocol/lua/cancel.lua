@@ -1,4 +1,5 @@
--- Cancel a job: a queued one ends now (its entry is skipped when read); a
+-- Cancel a job: a queued one ends now (it leaves its wait stream, or its
+-- run stream entry, if dispatched, is skipped when started); a
 -- running one is flagged, and its worker stops at its next token.
 -- KEYS: record, log, channel, queued
 -- ARGV: now_ms, ttl, the status to end a queued job with (S.cancelled or S.expired)
@@ -7,6 +8,11 @@ local status = redis.call('HGET', rec, 'status')
 if not status then return R.missing end
 if TERMINAL[status] then return status end
 if status == S.queued then
+  local w = redis.call('HMGET', rec, 'tier', 'owner', 'wait_id')
+  if w[3] then
+    unwait(prefix_of(rec), w[1], w[2] or '', w[3], string.match(rec, ':job:(.+)$'))
+    redis.call('HDEL', rec, 'wait_id')
+  end
   leave_queued(queued, status)
   local code = CODE.cancelled
   if ARGV[3] == S.expired then code = CODE.timeout end

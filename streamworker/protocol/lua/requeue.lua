@@ -25,5 +25,5 @@ redis.call('INCR', queued)
 local idle = lease_ms - delay_ms
 if idle < 0 then idle = 0 end
 redis.call('XCLAIM', stream, group, consumer, 0, entry, 'IDLE', idle, 'JUSTID')
-redis.call('PUBLISH', chan, cjson.encode({type = 'status', status = S.queued, attempt = tonumber(attempt)}))
+redis.call('SPUBLISH', chan, cjson.encode({type = 'status', status = S.queued, attempt = tonumber(attempt)}))
 return R.requeued

@@ -48,6 +48,6 @@ leave_queued(queued, status)
 local attempt = redis.call('HINCRBY', rec, 'attempt', 1)
 redis.call('HSET', rec, 'status', S.running, 'worker', consumer, 'entry_id', entry, 'heartbeat_at', now)
 redis.call('HSETNX', rec, 'started_at', now)
-redis.call('PUBLISH', chan, cjson.encode({type = 'status', status = S.running, attempt = attempt}))
+redis.call('SPUBLISH', chan, cjson.encode({type = 'status', status = S.running, attempt = attempt}))
 -- The deadline and creation time too: the worker needs no separate read.
 return {R.run, tostring(attempt), tostring(redis.call('LLEN', log)), job[3], job[5] or '0'}
