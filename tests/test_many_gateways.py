@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -161,3 +162,86 @@ def test_kill9_of_the_streaming_gateway_resumes_on_the_other(two_gateways) -> No
         "one two three", 120
     ), "no token missing"
     assert rest[-1]["event"] == "end" and json.loads(rest[-1]["data"])["status"] == "completed"
+
+
+def test_queue_state_reads_the_same_on_every_gateway(two_gateways) -> None:
+    """Queue depth, running jobs and queue positions come from Redis, not
+    from the process that accepted the jobs: both gateways report the same."""
+    gateways, _ = two_gateways
+
+    def job(i: int, tokens: int) -> str:
+        body = {
+            "model": "echo-test",
+            "max_tokens": tokens,
+            "messages": [{"role": "user", "content": f"m{i}"}],
+        }
+        gw = gateways[i % 2]
+        resp = httpx.post(gw.url + "/v1/jobs", json=body, timeout=10)
+        assert resp.status_code in (200, 202), resp.text
+        return resp.json()["id"]
+
+    # Two long jobs fill the worker's two slots (2,000 tokens at 25 ms: 50 s,
+    # cancelled below) ...
+    running = [job(0, 2000), job(1, 2000)]
+    wait_for(
+        lambda: all(
+            httpx.get(f"{gateways[0].url}/v1/jobs/{j}", timeout=5).json()["status"] == "running"
+            for j in running
+        ),
+        what="both slots busy",
+    )
+    # ... so three more wait, accepted by alternating gateways.
+    waiting = [job(i, 2) for i in range(2, 5)]
+
+    def gauge(gw: Gateway, name: str) -> float:
+        text = httpx.get(gw.url + "/metrics", timeout=5).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name + "{") or line.startswith(name + " ")
+        )
+
+    for gw in gateways:
+        assert gauge(gw, "proxy_queued_jobs") == 3
+    wait_for(
+        lambda: all(gauge(gw, "proxy_active_jobs") == 2 for gw in gateways),
+        what="both gateways see two running jobs (from worker heartbeats)",
+    )
+
+    # Streamed requests asking for their place hear the same count whichever
+    # gateway they reach: everything queued before them, plus themselves.
+    body = {
+        "model": "echo-test",
+        "max_tokens": 2,
+        "stream": True,
+        "messages": [{"role": "user", "content": "late"}],
+    }
+    readers: list[Iterator[str]] = []
+    with ExitStack() as streams:
+        for n, gw in enumerate(gateways):
+            resp = streams.enter_context(
+                httpx.stream(
+                    "POST",
+                    gw.url + "/v1/chat/completions",
+                    json=body,
+                    headers={"X-Queue-Position": "true"},
+                    timeout=30,
+                )
+            )
+            assert resp.status_code == 200
+            # Kept referenced: dropping a half-read line iterator closes the
+            # response, and a closed stream cancels its queued job.
+            lines = resp.iter_lines()
+            readers.append(lines)
+            first = next(line for line in lines if line.startswith(": queue-position"))
+            assert int(first.rsplit(" ", 1)[1]) == len(waiting) + 1 + n
+    for j in running:
+        assert httpx.delete(f"{gateways[1].url}/v1/jobs/{j}", timeout=5).status_code < 300
+    for j in waiting:
+        assert wait_for(
+            lambda j=j: (
+                httpx.get(f"{gateways[1].url}/v1/jobs/{j}", timeout=5).json()["status"]
+                == "completed"
+            ),
+            what="waiting job completed",
+        )
