@@ -15,6 +15,7 @@ CPU rule applies, and the result says so.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -23,6 +24,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from streamworker.gguf import GGUFError, ModelShape, model_shape
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from streamworker.settings import EngineSettings
@@ -185,12 +188,18 @@ def resolve(
             ) from None
         if slots < 1:
             raise ValueError("WORKER_CONCURRENCY must be at least 1")
-        return Capacity(
-            slots,
-            key,
-            "set by WORKER_CONCURRENCY",
-            [("WORKER_CONCURRENCY", str(slots)), ("semaphore key", key)],
-        )
+        inputs = [("WORKER_CONCURRENCY", str(slots))]
+        reason = "set by WORKER_CONCURRENCY"
+        limit, why = engine_limit(settings)
+        if settings is not None and settings.engine == "llama" and slots > limit:
+            # More slots than the engine runs would only queue jobs inside the
+            # worker (holding their leases and GPU semaphore tokens) while
+            # looking like concurrency: clamp, and say so loudly at start.
+            log.warning("WORKER_CONCURRENCY=%d clamped to %d: %s", slots, limit, why)
+            inputs.append(("engine limit", f"{limit}: {why}"))
+            reason = f"WORKER_CONCURRENCY={slots} clamped to {limit}: {why}"
+            slots = limit
+        return Capacity(slots, key, reason, [*inputs, ("semaphore key", key)])
     shape, problem = _shape(settings)
     inputs: list[tuple[str, str]] = [("WORKER_CONCURRENCY", "auto")]
     on_gpu = gpu is not None and (settings is None or settings.model_n_gpu_layers != 0)

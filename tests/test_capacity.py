@@ -163,6 +163,17 @@ def test_model_on_cpu_with_a_gpu_present_uses_the_cpu_rule(tmp_path: Path) -> No
 
 def test_numbers_and_bad_values() -> None:
     assert resolve("3").slots == 3
+    assert resolve("3", EngineSettings(engine="batched")).slots == 3
+
+
+def test_a_number_the_engine_cannot_run_is_clamped_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="streamworker.capacity"):
+        cap = resolve("4", EngineSettings(engine="llama"))
+    assert cap.slots == 1
+    assert "clamped to 1" in cap.reason
+    assert any("WORKER_CONCURRENCY=4 clamped to 1" in r.getMessage() for r in caplog.records)
     for bad in ("0", "-1", "many"):
         with pytest.raises(ValueError, match="WORKER_CONCURRENCY"):
             resolve(bad)
