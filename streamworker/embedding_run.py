@@ -21,6 +21,8 @@ from streamworker.protocol.wire import EmbeddingResult, End, encode
 from streamworker.retry import with_backoff
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from streamworker.engines.embedder import Embedder
     from streamworker.metrics import WorkerMetrics
     from streamworker.protocol.consumer import Entry, JobConsumer, Started
@@ -54,6 +56,9 @@ class EmbeddingRun:
         self.metrics = metrics
         self.stop_reason: StopReason | None = None
         self.retry_delay_ms = 0
+        # REDIS_WAIT_REPLICAS > 0: the finished vectors are confirmed on that
+        # many replicas, as a generated answer is (job_run.py).
+        self.confirm: Callable[[str], Awaitable[object]] | None = None
 
     @property
     def job_id(self) -> str:
@@ -105,6 +110,8 @@ class EmbeddingRun:
         if not ok:
             log.warning("job %s: finish refused (stale attempt %d)", self.job_id, self.attempt)
             return
+        if self.confirm is not None:
+            await self.confirm(self.job_id)
         log.info("job %s: %d input(s), %d tokens embedded", self.job_id, len(tokens), total)
 
     async def _requeue(self, error: Exception) -> None:

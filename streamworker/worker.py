@@ -238,7 +238,7 @@ class Worker:
                 )
             else:
                 job = JobRun(self.consumer, self.engine, entry, started, request, self.metrics)
-                job.confirm = self.confirm_finished
+            job.confirm = self.confirm_finished
             self.active[entry.entry_id] = job
             if self._handing_back:
                 job.stop(StopReason.HANDBACK)
