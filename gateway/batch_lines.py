@@ -10,7 +10,6 @@ answered (`service_tier` says `flex`, where batch lines run).
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,7 @@ import msgspec
 from gateway import render
 from gateway.choices import ChoiceState, Collected
 from gateway.embedding import embedding_job
-from gateway.embeddings_api import EmbeddingRequest, inputs_of
+from gateway.embeddings_api import EmbeddingRequest, embeddings_body, inputs_of
 from gateway.errors import ApiError, BadRequest, JobFailed, end_error
 from gateway.parsing import Caller, decode_body, parse_chat, parse_completion
 from streamworker.protocol.keys import model_keys
@@ -180,27 +179,7 @@ async def _embedding_body(st: GatewayState, job_id: str, line: Line) -> dict[str
     if raw is None:
         raise JobFailed("The embedding job ended without a result.")
     result = decode_embedding(raw)
-    if req.dimensions is not None and req.dimensions != result.dim:
-        raise BadRequest(
-            f"dimensions {req.dimensions} is not supported; model '{req.model}' makes "
-            f"{result.dim}-dimensional embeddings only.",
-            param="dimensions",
-            code="unsupported_parameter",
-        )
-    row_bytes = result.dim * 4
-    data: list[dict[str, object]] = []
-    for i, row in enumerate(result.rows()):
-        vector: object = row
-        if req.encoding_format == "base64":
-            vector = base64.b64encode(result.vectors[i * row_bytes : (i + 1) * row_bytes]).decode()
-        data.append({"object": "embedding", "index": i, "embedding": vector})
-    total = sum(result.tokens)
-    return {
-        "object": "list",
-        "data": data,
-        "model": req.model,
-        "usage": {"prompt_tokens": total, "total_tokens": total},
-    }
+    return embeddings_body(req, result)
 
 
 async def response_of(

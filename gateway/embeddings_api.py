@@ -22,6 +22,7 @@ from gateway.embedding import embed, embedding_job
 from gateway.errors import BadRequest
 from gateway.parsing import decode_body
 from gateway.retrieval.resources import retrieval_of
+from streamworker.protocol.wire import EmbeddingResult
 
 
 class EmbeddingRequest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
@@ -110,6 +111,13 @@ async def create_embeddings(request: web.Request) -> web.Response:
         weight=caller.weight,
     )
     result = await embed(st, job)
+    body = embeddings_body(req, result)
+    return web.Response(body=msgspec.json.encode(body), content_type="application/json")
+
+
+def embeddings_body(req: EmbeddingRequest, result: EmbeddingResult) -> dict[str, Any]:
+    """OpenAI's embeddings response for a finished embedding job (also the
+    body of a batch line, which must equal this endpoint's answer)."""
     if req.dimensions is not None and req.dimensions != result.dim:
         raise BadRequest(
             f"dimensions {req.dimensions} is not supported; model '{req.model}' makes "
@@ -125,13 +133,12 @@ async def create_embeddings(request: web.Request) -> web.Response:
             vector = base64.b64encode(result.vectors[i * row_bytes : (i + 1) * row_bytes]).decode()
         data.append({"object": "embedding", "index": i, "embedding": vector})
     total = sum(result.tokens)
-    body = {
+    return {
         "object": "list",
         "data": data,
         "model": req.model,
         "usage": {"prompt_tokens": total, "total_tokens": total},
     }
-    return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
 
 def add_routes(app: web.Application) -> None:
