@@ -10,7 +10,8 @@ at least 1, and no more than free memory allows when other processes already
 use the card. Weights are the GGUF's size; the KV cache of one request is
 layers x KV heads x (key + value head size) x n_ctx x bytes per element of the
 cache type, all read from the GGUF header. Without NVML (no NVIDIA driver) the
-CPU rule applies, and the result says so.
+CPU rule applies (CPU_SLOTS sequences, whatever the core count), and the
+result says so.
 """
 
 from __future__ import annotations
@@ -39,9 +40,13 @@ HEADROOM = 0.7  # keep 30% of VRAM free for the runtime's own spikes
 RUNTIME_OVERHEAD = 1 * GiB
 # free memory may be used up to this fraction (other processes' allocations move).
 FREE_MARGIN = 0.9
-# llama.cpp decodes one sequence with every core; on a CPU, extra concurrent
-# sequences share those cores, so beyond one slot per 4 cores they add only latency.
-CPU_CORES_PER_SLOT = 4
+# On a CPU one decode step reads every weight once whatever the number of
+# rows, so rows are nearly free until the step turns compute-bound: measured
+# with the bundled model on 2 cores, 4 sequences make 2.3x the tokens of one,
+# 8 sequences no more than 4 (docs/benchmarks.md). Four slots take most of
+# that gain without slowing each stream much (llama-server's default too);
+# more cores move the knee further out, so set a number there.
+CPU_SLOTS = 4
 # The most `auto` gives one worker: per-stream speed falls as the batch grows
 # (on an H100 the batched decode's aggregate still rose at 32 sequences), and
 # llama.cpp caps sequences per context. Set a number to go beyond.
@@ -133,8 +138,8 @@ def gpu_slots(total: int, free: int, base: int, per_request: int) -> tuple[int, 
     return slots, why
 
 
-def cpu_slots(cores: int | None = None) -> int:
-    return max(1, (cores or os.cpu_count() or 1) // CPU_CORES_PER_SLOT)
+def cpu_slots() -> int:
+    return CPU_SLOTS
 
 
 def engine_limit(settings: EngineSettings | None) -> tuple[int, str]:
@@ -215,13 +220,13 @@ def resolve(
         inputs += [
             ("GPU", why),
             ("CPU cores", str(cores)),
-            ("rule", f"CPU rule: max(1, {cores} cores // {CPU_CORES_PER_SLOT})"),
+            ("rule", f"CPU rule: {CPU_SLOTS} slots (continuous batching on the CPU)"),
         ]
         if shape is not None:
             inputs.append(("model", f"{shape.arch}, {_gib(shape.file_bytes)} of weights"))
         elif gpu is None:
             inputs.append(("model", problem))
-        slots = _capped(cpu_slots(cores), settings, inputs)
+        slots = _capped(cpu_slots(), settings, inputs)
         inputs += [("semaphore key", key), ("slots", str(slots))]
         return Capacity(slots, key, f"auto, CPU rule: {why}", inputs)
     n_ctx = settings.model_n_ctx if settings is not None else 4096

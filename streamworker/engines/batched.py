@@ -1,12 +1,20 @@
 """The batched engine: continuous batching over llama.cpp's low-level API.
 
 One model, one context holding `slots` sequences, one decode thread. Each step
-is a single `llama_decode` over every active sequence: one token for each
-sequence that is generating, plus a bounded chunk of prompt for sequences
-that are still prefilling (so a long new prompt cannot stall the others for
-long). New requests join and finished or cancelled ones leave between steps;
-a sequence's KV cells are removed when it leaves, so its slot is clean for
-the next job.
+decodes one token for each sequence that is generating and a bounded chunk of
+the prompts of sequences that are joining (so a long new prompt cannot stall
+the others for long). New requests join and finished or cancelled ones leave
+between steps. A slot keeps its KV when its sequence leaves: a later prompt
+that starts the same way reuses it (prefix_cache.py).
+
+Two ways to step, chosen by BATCH_INVARIANT:
+
+- invariant (the default): a sequence's answer does not depend on what else
+  runs. On the CPU, generating rows go in decodes of at most 7 rows and a
+  prompt chunk in a decode of its own (see CPU_MAX_ROWS and _step).
+- mixed: every generating row and up to STEP_TOKENS of joining prompts in
+  one decode, with ggml's fastest (repacked) kernels: the most tokens per
+  second, but greedy answers may change with the load.
 
 Each choice samples with its own `sampling.Sampler` (a numpy argmax for
 plain greedy requests, llama.cpp's stages otherwise). A job with n choices
@@ -39,16 +47,23 @@ from streamworker.engines.choices import (
     prompt_tokens,
 )
 from streamworker.engines.model_file import resolve_model_path
+from streamworker.engines.prefix_cache import SlotCache
 from streamworker.engines.sampling import logits_view, token_logprob
 from streamworker.engines.sequences import BatchJob, Emit, Seq, prepare
 from streamworker.protocol.wire import JobRequest, Message
 from streamworker.settings import EngineSettings
 from streamworker.tokenizer import PromptBuilder, quiet_llama_logs
 
-# Prompt tokens decoded between two generating steps. A decode's time grows
-# with its token count, so this bounds how long a joining prompt delays the
-# others' next token (about 0.2 s for the bundled model on 2 CPU cores).
+# Prompt tokens decoded between two generating steps, and the most tokens
+# one mixed step holds. A decode's time grows with its token count, so this
+# bounds how long a joining prompt delays the others' next token: by one
+# decode of 256 tokens (about 0.1 s for the bundled model on 2 CPU cores,
+# docs/benchmarks.md). Invariant prefill chunks start at multiples of it.
 PREFILL_CHUNK = 256
+STEP_TOKENS = PREFILL_CHUNK
+# A prefix shorter than this is not worth a copy of a whole KV stream (tens
+# of MiB) from another slot; it is recomputed instead.
+COPY_MIN_TOKENS = 128
 N_BATCH = 512  # the context's logical batch, as in the high-level API
 # On the CPU, ggml switches matmul kernels once a decode holds 8 or more rows
 # (llamafile's tinyBLAS), and those round differently (greedy logits moved by
@@ -59,10 +74,9 @@ CPU_MAX_ROWS = 7
 
 
 class BatchedEngine:
-    def __init__(self, settings: EngineSettings, *, batch_invariant: bool = True) -> None:
-        """batch_invariant=False trades the guarantee below (an answer does not
-        depend on the load) for ggml's fastest CPU kernels; benchmarks only."""
+    def __init__(self, settings: EngineSettings) -> None:
         quiet_llama_logs()
+        batch_invariant = settings.batch_invariant
         llama_cpp.llama_backend_init()
         self.model_name = settings.model_name
         self.slots = settings.slots
@@ -92,15 +106,22 @@ class BatchedEngine:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         # The values the high-level API sets (LlamaEngine), not llama.cpp's
-        # defaults: the two engines must compute the same logits.
-        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # defaults: the two engines must compute the same logits. Flash
+        # attention (LlamaEngine asks for it too) makes a 4-row CPU decode
+        # ~10% faster, and skips masked cells outright, so other sequences'
+        # KV never enters a sequence's sums.
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         cparams.yarn_attn_factor = 1.0
         cparams.yarn_beta_fast = 32.0
         cparams.yarn_beta_slow = 1.0
         cparams.no_perf = True
-        # Sliding-window layers keep only their window per sequence, not the
-        # whole context: the KV of 8 slots then costs ~1/4 of the memory.
-        cparams.swa_full = False
+        # Without a prefix cache, sliding-window layers keep only their window
+        # per sequence, not the whole context (the KV of 8 slots then costs
+        # ~1/4 of the memory). With one, they keep every position: a small
+        # window cache reuses the cells of positions that left the window, so
+        # a prefix could no longer be taken back up once its sequence moved
+        # on past the cache's size.
+        cparams.swa_full = settings.prefix_cache
         self.ctx = llama_cpp.llama_init_from_model(self.model.model, cparams)
         if not self.ctx:
             self.model.close()
@@ -109,6 +130,10 @@ class BatchedEngine:
         on_gpu = settings.model_n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         # A GPU rounds by batch size anyway and lives on wide batches.
         self.max_rows = N_BATCH if on_gpu or not batch_invariant else CPU_MAX_ROWS
+        self.mixed = not batch_invariant
+        self.cache = (
+            SlotCache(self.slots, PREFILL_CHUNK, batch_invariant) if settings.prefix_cache else None
+        )
         self.batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self.prompts = PromptBuilder(self.model, settings.chat_format)
 
@@ -118,6 +143,7 @@ class BatchedEngine:
         self._closed = False
         self.steps = 0  # decode steps run (for tests and benchmarks)
         self.prefilled = 0  # tokens decoded as prefill (n choices share theirs)
+        self.reused = 0  # prompt tokens taken from the prefix cache instead
         self._thread = threading.Thread(target=self._run, name="batched-decode", daemon=True)
         self._thread.start()
 
@@ -224,16 +250,14 @@ class BatchedEngine:
                 # A job joins when all its sequences fit: the fork needs them.
                 while self._waiting and len(self._free_ids) >= len(self._waiting[0].seqs):
                     job = self._waiting.popleft()
-                    for seq in job.seqs:
-                        # The lowest free id keeps running sequences on
-                        # neighbouring KV streams (see _step).
-                        seq.seq_id = min(self._free_ids)
-                        self._free_ids.remove(seq.seq_id)
-                        active.append(seq)
+                    self._place(job)
+                    active.extend(job.seqs)
             try:
                 active = self._step(active)
             except Exception as exc:  # a decode fault fails the jobs in it
                 jobs = {seq.job: None for seq in active}
+                for job in jobs:  # their slots' KV is suspect: nothing of it is reused
+                    job.error = job.error or EngineError("decode failed")
                 for seq in active:
                     self._release(seq)
                 for job in jobs:
@@ -246,11 +270,62 @@ class BatchedEngine:
         for job in {seq.job: None for seq in active} | {job: None for job in waiting}:
             job.emit(EngineError("the engine is closed"))
 
+    def _place(self, job: BatchJob) -> None:
+        """Give each of the job's sequences a free slot; start the prompt
+        after the longest prefix a free slot's KV still holds."""
+        free = sorted(self._free_ids)
+        reuse = None
+        if self.cache is not None and job.echo_logprobs is None:
+            reuse = self.cache.best(free, job.prompt)
+        for seq in job.seqs:
+            # The lowest free id keeps running sequences on neighbouring KV
+            # streams (see _step).
+            seq.seq_id = free.pop(0)
+            self._free_ids.remove(seq.seq_id)
+        parent = job.seqs[0]
+        dst = parent.seq_id
+        taken = 0
+        if reuse is not None and reuse[1] > 0:
+            src, taken = reuse
+            if src != dst and taken < COPY_MIN_TOKENS:
+                taken = 0
+            elif src != dst:
+                # Whole-stream copy (each slot has a KV stream of its own),
+                # made at the next decode; the source keeps its prefix too.
+                llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+                self.cache.tokens[dst] = list(self.cache.tokens[src])  # type: ignore[union-attr]
+        for seq in job.seqs:
+            if self.cache is not None and not (seq is parent and taken):
+                self.cache.tokens[seq.seq_id] = []
+            if not (seq is parent and taken):
+                llama_cpp.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
+        if taken:
+            llama_cpp.llama_memory_seq_rm(self.memory, dst, taken, -1)
+            if llama_cpp.llama_memory_seq_pos_min(self.memory, dst) != 0:
+                # Positions the prefix needs are gone (never expected with
+                # whole-context sliding-window layers): start from scratch.
+                llama_cpp.llama_memory_seq_rm(self.memory, dst, -1, -1)
+                taken = 0
+        if self.cache is not None:
+            self.cache.tokens[dst] = []  # the slot's KV changes from here on
+        if taken:
+            parent.n_past = taken
+            parent.tokens = job.prompt[:taken]
+            parent.feed = job.prompt[taken:]
+            self.reused += taken
+
     def _release(self, seq: Seq) -> bool:
-        """Free the sequence's slot; True when it was its job's last one."""
+        """Free the sequence's slot, keeping what its KV holds that a later
+        prompt may reuse; True when it was its job's last one."""
         if seq.seq_id < 0:
             return False
-        llama_cpp.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
+        kept = 0
+        if self.cache is not None and seq.job.error is None:
+            prefilled = len(seq.job.prompt) - len(seq.job.seqs[0].feed)
+            kept = self.cache.kept(len(seq.job.prompt), prefilled, len(seq.tokens))
+            kept = min(kept, len(seq.tokens))
+            self.cache.tokens[seq.seq_id] = seq.tokens[:kept]
+        llama_cpp.llama_memory_seq_rm(self.memory, seq.seq_id, kept, -1)
         with self._lock:
             self._free_ids.append(seq.seq_id)
         seq.seq_id = -1
@@ -277,13 +352,17 @@ class BatchedEngine:
                     seq.job.error = exc
             if seq.job.cancel.is_set() or seq.job.error is not None:
                 self._drop(seq, running)
+        generating = sorted(
+            (seq for seq in running if not seq.feed and not seq.waiting), key=lambda q: q.seq_id
+        )
+        joining = [seq for seq in running if seq.feed]
+        if self.mixed:
+            self._mixed_step(generating, joining, running)
+            return running
         # Generating sequences: one token each, in as few decodes as allowed,
         # split evenly (8 on the CPU: 4 + 4) into runs of neighbouring seq
         # ids: a decode's KV view spans every stream from its lowest to its
         # highest id, so seqs 0,2,4,6 cost 1.7x what 0,1,2,3 cost.
-        generating = sorted(
-            (seq for seq in running if not seq.feed and not seq.waiting), key=lambda q: q.seq_id
-        )
         groups = -(-len(generating) // self.max_rows)
         size = -(-len(generating) // groups) if groups else 0
         for g in range(groups):
@@ -292,29 +371,61 @@ class BatchedEngine:
             for seq in group:
                 n = self._add(n, seq.next_token, seq, logits=True)
             self._decode(n)
-            for seq in group:
-                if seq.forced:  # a logged token: decoded, not sampled
-                    seq.next_token = seq.forced.pop(0)
-                elif not self._advance(seq):
-                    self._drop(seq, running)
+            self._sampled(group, running)
         # Then one chunk of one joining prompt, in a decode of its own: ggml's
         # CPU kernels round differently depending on where a token sits in a
-        # batch, so a prompt decoded on its own, cut where the high-level API
-        # cuts it, gives the same logits as the single-sequence engine.
-        seq = next((seq for seq in running if seq.feed), None)
-        if seq is not None:
-            self._prefill_chunk(seq, running)
+        # batch, so a prompt decoded on its own, in chunks that start at
+        # multiples of PREFILL_CHUNK, gives the same logits however many
+        # other sequences run, and whether or not its prefix came from the
+        # prefix cache (prefix_cache.py).
+        if joining:
+            seq = joining[0]
+            take = min(len(seq.feed), PREFILL_CHUNK - seq.n_past % PREFILL_CHUNK)
+            self._decode(self._add_prompt(0, seq, take))
+            self._prompt_decoded(seq, running)
         return running
 
-    def _prefill_chunk(self, seq: Seq, running: list[Seq]) -> None:
+    def _mixed_step(self, generating: list[Seq], joining: list[Seq], running: list[Seq]) -> None:
+        """One decode for the whole step: every generating row, then joining
+        prompts' tokens up to STEP_TOKENS in all (the oldest job first)."""
+        for at in range(0, max(len(generating), 1), N_BATCH):
+            group = generating[at : at + N_BATCH]
+            n = 0
+            for seq in group:
+                n = self._add(n, seq.next_token, seq, logits=True)
+            fed = []
+            if at + N_BATCH >= len(generating):  # the last group takes the prompts
+                budget = max(STEP_TOKENS - n, 0)
+                for seq in joining:
+                    take = min(len(seq.feed), budget, N_BATCH - n)
+                    if take <= 0:
+                        break
+                    n = self._add_prompt(n, seq, take)
+                    budget -= take
+                    fed.append(seq)
+            if n == 0:
+                return
+            self._decode(n)
+            self._sampled(group, running)
+            for seq in fed:
+                self._prompt_decoded(seq, running)
+
+    def _sampled(self, group: list[Seq], running: list[Seq]) -> None:
+        """After a decode of `group`'s next tokens: each samples its next."""
+        for seq in group:
+            if seq.forced:  # a logged token: decoded, not sampled
+                seq.next_token = seq.forced.pop(0)
+            elif not self._advance(seq):
+                self._drop(seq, running)
+
+    def _add_prompt(self, n: int, seq: Seq, take: int) -> int:
+        """Add the next `take` prompt tokens of `seq` to the batch from `n`."""
         job = seq.job
-        take = min(len(seq.feed), PREFILL_CHUNK)
         chunk, seq.feed = seq.feed[:take], seq.feed[take:]
         self.prefilled += take
         # The echo's logprobs need every prompt position's logits.
         rows = seq.parent and job.echo_logprobs is not None
         seq.echo_rows = []
-        n = 0
         for i, token in enumerate(chunk):
             if rows and seq.n_past + 1 < len(job.prompt):
                 seq.echo_rows.append((seq.n_past, n))
@@ -322,7 +433,11 @@ class BatchedEngine:
             n = self._add(n, token, seq, logits=last or (rows and seq.n_past < len(job.prompt)))
             if last:
                 seq.batch_index = n - 1
-        self._decode(n)
+        return n
+
+    def _prompt_decoded(self, seq: Seq, running: list[Seq]) -> None:
+        """After a decode that held a chunk of `seq`'s prompt."""
+        job = seq.job
         for pos, index in seq.echo_rows:
             row = logits_view(self.ctx, index, self.n_vocab)
             top = job.params.top_logprobs
@@ -365,6 +480,7 @@ class BatchedEngine:
                 # own), made at the next decode, before that decode writes.
                 llama_cpp.llama_memory_seq_cp(self.memory, parent.seq_id, seq.seq_id, -1, -1)
                 seq.n_past = parent.n_past
+                seq.tokens = list(parent.tokens)
                 seq.waiting = False
             seq.batch_index = parent.batch_index
         for seq in list(job.seqs):
@@ -385,6 +501,7 @@ class BatchedEngine:
         batch.n_seq_id[n] = 1
         batch.seq_id[n][0] = seq.seq_id
         batch.logits[n] = logits
+        seq.tokens.append(token)
         seq.n_past += 1
         if logits:
             seq.batch_index = n

@@ -47,6 +47,8 @@ class LlamaEngine(ThreadedEngine):
             n_ctx=settings.model_n_ctx,
             n_threads=settings.model_n_threads or None,
             n_gpu_layers=settings.model_n_gpu_layers,
+            # As the batched engine: faster, and the two compute alike.
+            flash_attn=True,
             verbose=False,
         )
         self.prompts = PromptBuilder(self.llm._model, settings.chat_format)
@@ -104,9 +106,7 @@ class LlamaEngine(ThreadedEngine):
         model = self.llm._model
         choice.start(make_sampler(choice, model.vocab, self.llm.n_vocab(), self.n_ctx))
         try:
-            history = [*prompt, *choice.done_tokens]
             self._prefill(prompt, choice.done_tokens)
-            self.llm.eval(history[-1:])
             while not cancel.is_set():
                 entries = choice.step(logits_view(self.llm.ctx, -1, self.llm.n_vocab()))
                 yield from entries
@@ -149,17 +149,17 @@ class LlamaEngine(ThreadedEngine):
         return out
 
     def _prefill(self, prompt: list[int], done: list[int]) -> None:
-        """Evaluate the history exactly as an uninterrupted run did: the prompt
-        but its last token in batches, then every later token one at a time.
-        CPU kernels for a batch and for one token round differently, so a
-        resumed job prefilled in one batch could pick another token at a near
-        tie; replayed this way, greedy decoding continues identically. Also
+        """Evaluate the history exactly as an uninterrupted run did: the whole
+        prompt in batches, then every later token one at a time. CPU kernels
+        for a batch and for one token round differently, so a resumed job
+        prefilled in one batch could pick another token at a near tie;
+        replayed this way, greedy decoding continues identically (and the
+        batched engine, which does the same, computes the same logits). Also
         why the KV cache is not reused across requests: a reused prefix would
         carry another request's batching."""
         self.llm.reset()
-        if len(prompt) > 1:
-            self.llm.eval(prompt[:-1])
-        for token in [prompt[-1], *done][:-1]:
+        self.llm.eval(prompt)
+        for token in done:
             self.llm.eval([token])
 
     def close(self) -> None:

@@ -65,6 +65,7 @@ class Seq:
     waiting: bool = False  # a sibling before the fork: nothing to decode yet
     seq_id: int = -1
     n_past: int = 0  # positions already in the KV cache
+    tokens: list[int] = field(default_factory=list)  # the token at each of those positions
     next_token: int = -1  # sampled, to be decoded in the next step
     batch_index: int = -1  # where this step's logits are, or -1
     # Absolute prompt position of each token in this step's chunk whose
