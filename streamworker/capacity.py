@@ -148,6 +148,8 @@ def engine_limit(settings: EngineSettings | None) -> tuple[int, str]:
         # One sequence at a time: more slots would only wait inside the worker
         # while holding GPU semaphore tokens other processes could use.
         return 1, "the llama engine decodes one sequence at a time (ENGINE=batched for more)"
+    if settings is not None and settings.engine == "echo" and not settings.echo_concurrent:
+        return 1, "the echo double runs one job at a time (ECHO_CONCURRENT for more)"
     return AUTO_MAX_SLOTS, f"auto stops at {AUTO_MAX_SLOTS} (set a number for more)"
 
 

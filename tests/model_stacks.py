@@ -11,8 +11,10 @@ process's log fails the module at teardown.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
+import llama_cpp.llama_cpp
 import pytest
 from openai import OpenAI
 
@@ -23,6 +25,26 @@ ENGINES = {
     "llama": {"ENGINE": "llama"},
     "batched": {"ENGINE": "batched", "WORKER_CONCURRENCY": "4", "MODEL_N_THREADS": "2"},
 }
+
+
+@contextlib.contextmanager
+def batch_invariant_kernels() -> Iterator[None]:
+    """Load the reference with the CPU kernels the batched engine uses (no
+    repacked weights, see batched.py): the comparison is then of what the two
+    engines compute, not of two ggml kernels' rounding. The high-level API
+    has no parameter for it, so its defaults are patched while it loads."""
+    original = llama_cpp.llama_cpp.llama_model_default_params
+
+    def params() -> llama_cpp.llama_model_params:
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    llama_cpp.llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = original
 
 
 def _engine_stack(

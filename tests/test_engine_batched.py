@@ -7,13 +7,10 @@ with the official openai client."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import llama_cpp
-import llama_cpp.llama_cpp
 import pytest
 
 from streamworker.engines.base import Done, Engine, Piece, PromptExceedsContext
@@ -22,6 +19,7 @@ from streamworker.engines.llama import LlamaEngine
 from streamworker.protocol.wire import GenerationParams, JobRequest, Message
 from streamworker.settings import EngineSettings
 from tests.conftest import client_for
+from tests.model_stacks import batch_invariant_kernels
 
 PROMPTS = [
     "Write a haiku about the sea.",
@@ -76,26 +74,6 @@ def settings() -> EngineSettings:
     # Two threads: the numbers (and so the greedy tokens) of the reference and
     # the batched engine come from the same kernels with the same split.
     return EngineSettings(slots=8, model_n_threads=2)
-
-
-@contextlib.contextmanager
-def batch_invariant_kernels() -> Iterator[None]:
-    """Load the reference with the CPU kernels the batched engine uses (no
-    repacked weights, see batched.py): the comparison is then of what the two
-    engines compute, not of two ggml kernels' rounding. The high-level API
-    has no parameter for it, so its defaults are patched while it loads."""
-    original = llama_cpp.llama_cpp.llama_model_default_params
-
-    def params() -> llama_cpp.llama_model_params:
-        p = original()
-        p.use_extra_bufts = False
-        return p
-
-    llama_cpp.llama_cpp.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        llama_cpp.llama_cpp.llama_model_default_params = original
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from streamworker.engines.prefix_cache import SlotCache, common_prefix
 from streamworker.protocol.wire import GenerationParams, JobRequest, Message
 from streamworker.settings import EngineSettings
 
-# ~600 tokens of shared context: two whole 256-token prefill chunks and a
-# part of a third.
+# ~600 tokens of shared context: four whole 128-token prefill chunks and a
+# part of a fifth.
 CONTEXT = "The harbour town kept its records in a ledger of tides, ships and weather. " * 36
 # The first is the prompt whose top logits tie within 0.01 (see
 # test_engine_batched): any change of rounding shows there.

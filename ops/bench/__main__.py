@@ -228,50 +228,83 @@ def main(argv: list[str] | None = None) -> int:
             )
 
             m: dict = {"memory": {}}
+            # In-process figures each run in a fresh process (model_figures.isolated).
             step("figure 2: in-process llama-cpp-python")
-            highlevel = model_figures.inprocess_highlevel(
-                model_path, threads, n_ctx, tokens, repeats
+            highlevel = model_figures.isolated(
+                model_figures.inprocess_highlevel, model_path, threads, n_ctx, tokens, repeats
             )
             m["inproc_highlevel"] = highlevel
             step("figures 2+4: in-process batched engine")
-            inproc_single, m["inproc_batched_rounds"] = model_figures.inprocess_batched(
-                model_path, threads, n_ctx, tokens, repeats, levels
+            inproc_single, m["inproc_batched_rounds"] = model_figures.isolated(
+                model_figures.inprocess_batched, model_path, threads, n_ctx, tokens, repeats, levels
             )
-            step("figures 2+4: in-process batched engine, fast kernels")
-            fast_single, m["inproc_fast_rounds"] = model_figures.inprocess_batched(
-                model_path, threads, n_ctx, tokens, repeats, levels, batch_invariant=False
-            )
-            step("figures 2+4+5: llama worker (1 slot) through the path")
-            llama_single, m["path_llama_rounds"], mem = model_figures.through_path(
-                server,
-                workdir,
-                "through the path, llama worker (1 slot)",
-                "llama",
-                1,
-                model_env,
+            step("figures 2+4: in-process batched engine, BATCH_INVARIANT=false")
+            fast_single, m["inproc_fast_rounds"] = model_figures.isolated(
+                model_figures.inprocess_batched,
+                model_path,
+                threads,
+                n_ctx,
                 tokens,
                 repeats,
                 levels,
+                batch_invariant=False,
             )
-            m["memory"]["llama engine, 1 slot"] = mem
-            step("figure 5: batched worker, 1 slot")
-            _, _, mem = model_figures.through_path(
-                server, workdir, "batched worker, 1 slot", "batched", 1, model_env, tokens, 1, []
-            )
-            m["memory"]["batched engine, 1 slot"] = mem
-            step(f"figures 2+4+5: batched worker ({max(levels)} slots) through the path")
-            batched_single, m["path_batched_rounds"], mem = model_figures.through_path(
+            step("figures 2+4+5: the default worker through the path")
+            default_single, m["path_default_rounds"], mem = model_figures.through_path(
                 server,
                 workdir,
-                f"through the path, batched worker ({max(levels)} slots)",
-                "batched",
-                max(levels),
+                model_figures.DEFAULT_NAME,
                 model_env,
+                tokens,
+                repeats,
+                [n for n in levels if n <= 4],
+            )
+            m["memory"]["default worker (batched, auto = 4 slots)"] = mem
+            step(f"figures 2+4+5: batched worker, {max(levels)} slots, BATCH_INVARIANT=false")
+            mixed_single, m["path_mixed_rounds"], mem = model_figures.through_path(
+                server,
+                workdir,
+                f"through the path, batched worker ({max(levels)} slots, BATCH_INVARIANT=false)",
+                {
+                    **model_env,
+                    "ENGINE": "batched",
+                    "WORKER_CONCURRENCY": str(max(levels)),
+                    "BATCH_INVARIANT": "false",
+                },
                 tokens,
                 repeats,
                 levels,
             )
             m["memory"][f"batched engine, {max(levels)} slots"] = mem
+            step("figure 5: batched worker, 1 slot")
+            _, _, mem = model_figures.through_path(
+                server,
+                workdir,
+                "batched worker, 1 slot",
+                {**model_env, "ENGINE": "batched", "WORKER_CONCURRENCY": "1"},
+                tokens,
+                1,
+                [],
+            )
+            m["memory"]["batched engine, 1 slot"] = mem
+            step("figure 2: llama worker (1 slot) through the path")
+            llama_single, m["path_llama_rounds"], mem = model_figures.through_path(
+                server,
+                workdir,
+                "through the path, llama worker (1 slot)",
+                {**model_env, "ENGINE": "llama", "WORKER_CONCURRENCY": "1"},
+                tokens,
+                repeats,
+                [],
+            )
+            m["memory"]["llama engine, 1 slot"] = mem
+            step("figure 7: a shared 1,000-token prefix, with and without the prefix cache")
+            m["prefix"] = model_figures.prefix_ttft(server, workdir, model_env, repeats + 1)
+        step("figure 8: how long a joining long prompt holds up the others")
+        m["step_bound"] = [
+            model_figures.isolated(model_figures.step_bound, model_path, threads, n_ctx, inv, smoke)
+            for inv in (True, False)
+        ]
         step("figure 6: the cost of a JSON-schema grammar (in process)")
         m["grammar"] = grammar_figure.grammar_cost(
             model_path,
@@ -282,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             streams=2 if smoke else 4,
             json_tokens=tokens if smoke else 128,
         )
-        singles = [highlevel, inproc_single, fast_single, llama_single, batched_single]
+        singles = [highlevel, inproc_single, fast_single, default_single, mixed_single]
+        singles.append(llama_single)
         why_not = "--no-peer" if args.no_peer else stack.peer_available()
         if why_not is None:
             step("figures 2+4: llama_cpp.server (peer)")

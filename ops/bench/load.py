@@ -43,10 +43,14 @@ async def stream_chat(
     model: str,
     prompt: str,
     max_tokens: int,
+    system: str | None = None,
 ) -> Stream:
+    messages = [{"role": "user", "content": prompt}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
     body = {
         "model": model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,

@@ -29,6 +29,8 @@ PROMPTS = [
     "Name a famous painter.",
 ]
 MODEL = "gemma-3-270m"
+# The worker as installed: no ENGINE, WORKER_CONCURRENCY or BATCH_INVARIANT set.
+DEFAULT_NAME = "through the path, default settings (batched, auto = 4 slots, invariant)"
 
 
 @dataclass
@@ -150,9 +152,7 @@ def inprocess_batched(
             batch_invariant=batch_invariant,
         ),
     )
-    label = "batched engine in-process" + (
-        "" if batch_invariant else ", fast kernels (load-dependent answers)"
-    )
+    label = "batched engine in-process" + ("" if batch_invariant else ", BATCH_INVARIANT=false")
     params = GenerationParams(max_tokens=tokens, temperature=0.0)
 
     async def one(prompt: str) -> load.Stream:
@@ -190,25 +190,17 @@ def through_path(
     server: stack.RedisServer,
     workdir: Path,
     name: str,
-    engine: str,
-    slots: int,
-    env: dict[str, str],
+    worker_env: dict[str, str],
     tokens: int,
     repeats: int,
     levels: list[int],
 ) -> tuple[Single, list[Round], dict[str, float]]:
-    """A worker with `engine` behind the gateway: single streams, then rounds
-    of concurrent clients; the worker's memory after the last round."""
+    """A worker with `worker_env` (ENGINE, WORKER_CONCURRENCY, ... or none of
+    them: the defaults) behind the gateway: single streams, then rounds of
+    concurrent clients; the worker's memory after the last round."""
+    label = "-".join(v for k, v in sorted(worker_env.items()) if not k.startswith("MODEL_"))
     with (
-        stack.worker(
-            server,
-            workdir,
-            f"{engine}-{slots}",
-            ENGINE=engine,
-            WORKER_CONCURRENCY=str(slots),
-            MODEL_NAME=MODEL,
-            **env,
-        ) as w,
+        stack.worker(server, workdir, label or "default", MODEL_NAME=MODEL, **worker_env) as w,
         stack.gateway(server, workdir) as gw,
     ):
 
@@ -231,6 +223,128 @@ def through_path(
         stat = load.ProcStat(w.pid)
         memory = {"rss_mib": stat.rss_mib(), "peak_rss_mib": stat.peak_rss_mib()}
     return single, rounds, memory
+
+
+# About 1,000 tokens of shared context (a system prompt, a retrieved
+# document), then questions that differ.
+SHARED_CONTEXT = "The harbour town kept its records in a ledger of tides, ships and weather. " * 62
+QUESTIONS = [
+    "Who kept the ledger?",
+    "What did the ledger record?",
+    "Name a ship.",
+    "Explain gravity in one sentence.",
+]
+
+
+def prefix_ttft(
+    server: stack.RedisServer,
+    workdir: Path,
+    worker_env: dict[str, str],
+    repeats: int,
+) -> dict[str, float | None]:
+    """TTFT of requests that share SHARED_CONTEXT with an earlier one, through
+    the path with the default worker, with the prefix cache and without."""
+    out: dict[str, float | None] = {}
+    for cache in ("true", "false"):
+        env = {**worker_env, "PREFIX_CACHE": cache}
+        with (
+            stack.worker(server, workdir, f"prefix-{cache}", MODEL_NAME=MODEL, **env),
+            stack.gateway(server, workdir) as gw,
+        ):
+
+            async def run(url: str = gw.url) -> list[load.Stream]:
+                async with load.session() as s:
+                    # The first request computes the context (and, with the
+                    # cache, leaves it in its slot).
+                    await load.stream_chat(s, url, MODEL, "Hello.", 4, system=SHARED_CONTEXT)
+                    return [
+                        await load.stream_chat(
+                            s, url, MODEL, QUESTIONS[i % len(QUESTIONS)], 4, system=SHARED_CONTEXT
+                        )
+                        for i in range(repeats)
+                    ]
+
+            streams = asyncio.run(run())
+        ttfts = [st.ttft for st in streams if st.ttft is not None and st.ok]
+        out[cache] = 1000 * v if (v := load.median(ttfts)) is not None else None
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=worker_env["MODEL_PATH"], n_ctx=64, vocab_only=True, verbose=False)
+    out["context_tokens"] = float(len(llm.tokenize(SHARED_CONTEXT.encode(), add_bos=False)))
+    llm.close()
+    return out
+
+
+def step_bound(
+    model_path: str, threads: int, n_ctx: int, invariant: bool, smoke: bool = False
+) -> dict[str, float]:
+    """How long a joining long prompt holds up the others' next token: 7
+    streams generate while a 2,000-token prompt joins; the gaps between
+    their tokens before and while it is prefilled."""
+    from streamworker.engines.batched import BatchedEngine
+    from streamworker.settings import EngineSettings
+
+    engine = BatchedEngine(
+        EngineSettings(
+            model_path=model_path,
+            model_n_threads=threads,
+            model_n_ctx=n_ctx,
+            slots=8,
+            batch_invariant=invariant,
+            prefix_cache=False,
+        )
+    )
+    long_prompt = SHARED_CONTEXT[:400] if smoke else SHARED_CONTEXT * 2
+    streams, settle = (2, 0.5) if smoke else (7, 3.0)
+    gaps: list[tuple[float, float]] = []  # (time, gap) of generating streams
+    window: dict[str, float] = {}
+
+    async def stream(prompt: str, max_tokens: int, record: bool) -> None:
+        request = JobRequest(
+            messages=[Message("user", prompt)],
+            params=GenerationParams(max_tokens=max_tokens, temperature=0.0),
+        )
+        last = None
+        async for item in engine.generate(request, [], threading.Event()):
+            now = time.perf_counter()
+            if record and isinstance(item, Piece) and item.token >= 0:
+                if last is not None:
+                    gaps.append((now, now - last))
+                last = now
+
+    async def main() -> None:
+        runners = [asyncio.create_task(stream(PROMPTS[i], 400, True)) for i in range(streams)]
+        await asyncio.sleep(settle)
+        window["start"] = time.perf_counter()
+        await stream(long_prompt, 1, False)
+        window["end"] = time.perf_counter()
+        for task in runners:
+            task.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.close()
+    before = [g for t, g in gaps if t < window["start"] and t > window["start"] - 2.0]
+    during = [g for t, g in gaps if window["start"] <= t <= window["end"]]
+    return {
+        "invariant": float(invariant),
+        "gap_before_ms": 1000 * (load.median(before) or 0.0),
+        "gap_max_during_ms": 1000 * max(during, default=0.0),
+        "prompt_ms": 1000 * (window["end"] - window["start"]),
+    }
+
+
+def isolated(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Run an in-process measurement in a fresh process: one llama.cpp
+    context left behind in this process (its threads, its memory) slowed the
+    next one measured here by up to 40%."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
 
 
 def peer(

@@ -57,9 +57,11 @@ from streamworker.tokenizer import PromptBuilder, quiet_llama_logs
 # Prompt tokens decoded between two generating steps, and the most tokens
 # one mixed step holds. A decode's time grows with its token count, so this
 # bounds how long a joining prompt delays the others' next token: by one
-# decode of 256 tokens (about 0.1 s for the bundled model on 2 CPU cores,
-# docs/benchmarks.md). Invariant prefill chunks start at multiples of it.
-PREFILL_CHUNK = 256
+# decode of 128 tokens (about 0.2 s for the bundled model on 2 CPU cores,
+# docs/benchmarks.md). Invariant prefill chunks start at multiples of it, so
+# it is also the grain of exact prefix reuse (prefix_cache.py): 128 tokens
+# prefill only ~5% slower than 256 here, and lose half as much of a prefix.
+PREFILL_CHUNK = 128
 STEP_TOKENS = PREFILL_CHUNK
 # A prefix shorter than this is not worth a copy of a whole KV stream (tens
 # of MiB) from another slot; it is recomputed instead.
