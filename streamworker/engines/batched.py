@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import anyio
 import llama_cpp
+import msgspec
 from llama_cpp import _internals
 
 from streamworker.engines.base import Done, EngineError, Piece
@@ -73,6 +74,18 @@ N_BATCH = 512  # the context's logical batch, as in the high-level API
 # keeps each sequence's answer independent of how many others run; 8 then
 # cost two passes over the weights instead of one.
 CPU_MAX_ROWS = 7
+
+
+# Prompts up to this size are rendered and tokenized on the event loop (well
+# under a millisecond): a hop to a worker thread costs more, ~2.5 ms of the
+# first token on 2 cores, where llama.cpp's threads spin between decodes and
+# a newly woken thread waits for a core.
+INLINE_PREPARE_CHARS = 4096
+
+
+def _prompt_size(request: JobRequest) -> int:
+    """About how many characters the template renders (tools included)."""
+    return len(msgspec.json.encode(request))
 
 
 class BatchedEngine:
@@ -187,8 +200,12 @@ class BatchedEngine:
             # Never blocks the decode thread on the loop.
             loop.call_soon_threadsafe(inbox.put_nowait, item)
 
-        # Template rendering and tokenization are CPU work: off the loop too.
-        job, ready = await anyio.to_thread.run_sync(self._prepare, request, resume, cancel, emit)
+        if _prompt_size(request) <= INLINE_PREPARE_CHARS:
+            job, ready = self._prepare(request, resume, cancel, emit)
+        else:  # rendering and tokenizing a long prompt would hold up the loop
+            job, ready = await anyio.to_thread.run_sync(
+                self._prepare, request, resume, cancel, emit
+            )
         for piece in ready:
             yield piece
         if not job.seqs:
