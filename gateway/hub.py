@@ -189,9 +189,22 @@ class Hub:
                     # slot leaves the node (a resharding, a demoted master).
                     raise SlotMoved(f"{channel!r} left {shard.name or 'the server'}")
 
+    async def confirmed(self, channel: str) -> None:
+        """Until Redis confirmed the subscription of `channel` (at once if it
+        has). A rebuild in between resubscribes everything and RESYNCs, so a
+        lost confirmation only costs the wait."""
+        fut = self._confirm.get(channel.encode())
+        if fut is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, timeout=SUBSCRIBE_CONFIRM_SECONDS)
+
     @contextlib.asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[bytes]]:
-        """Subscribe `channel` for the block; returns once Redis confirmed."""
+    async def subscribe(
+        self, channel: str, *, confirm: bool = True
+    ) -> AsyncIterator[asyncio.Queue[bytes]]:
+        """Subscribe `channel` for the block; returns once Redis confirmed, or
+        with confirm=False as soon as the request is sent (`confirmed` then
+        waits for it: the caller's own round trip can run meanwhile)."""
         key = channel.encode()
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._queues[key] = queue
@@ -207,10 +220,8 @@ class Hub:
                 self._stale.set()
             else:
                 await shard.pubsub.ssubscribe(key)
-                # A rebuild in between resubscribes everything and RESYNCs,
-                # so a lost confirmation only costs the wait.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(fut, timeout=SUBSCRIBE_CONFIRM_SECONDS)
+                if confirm:
+                    await self.confirmed(channel)
             yield queue
         finally:
             self._queues.pop(key, None)

@@ -103,10 +103,13 @@ async def _replicated(st: GatewayState, model: str, job_id: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def subscribed(st: GatewayState, model: str, job_id: str) -> AsyncIterator[Relay]:
-    """A relay for a job, its channel subscribed for the block."""
+async def subscribed(
+    st: GatewayState, model: str, job_id: str, *, confirm: bool = True
+) -> AsyncIterator[Relay]:
+    """A relay for a job, its channel subscribed for the block (with
+    confirm=False, only asked for: see `submit`)."""
     try:
-        cm = st.hub.subscribe(model_keys(model).channel(job_id))
+        cm = st.hub.subscribe(model_keys(model).channel(job_id), confirm=confirm)
         inbox = await cm.__aenter__()
     except (RedisError, OSError, TimeoutError) as exc:
         raise _unavailable() from exc
@@ -139,8 +142,12 @@ async def submit(st: GatewayState, job: NewJob) -> AsyncIterator[Relay]:
     (`relay.job_id` names the job). Leaving the block by an exception, a
     client's disconnect included, cancels the job."""
     job_id = new_job_id()
-    async with subscribed(st, job.model, job_id) as relay:
+    # The subscription and the enqueue travel together: the relay starts by
+    # reading the job's log, after the subscription is confirmed, so a token
+    # published before it took effect is read from the log, not lost.
+    async with subscribed(st, job.model, job_id, confirm=False) as relay:
         final_id, _created = await enqueue(st, job, job_id)
+        await st.hub.confirmed(model_keys(job.model).channel(job_id))
         if final_id == job_id:
             async with _cancelled_if_abandoned(st, relay):
                 yield relay

@@ -18,47 +18,42 @@ NOTES = [
     "## Reading these numbers",
     "",
     "- **A shared 2-core VM.** Client, gateway, Redis, worker and llama.cpp's two threads "
-    "share two cores, and other test suites ran on the same machine during the run (see "
-    "the load averages): repeated runs move single figures by 10-30%. llama.cpp's threads "
-    "spin at barriers, so any other busy process on the two cores slows a decode step "
-    "more than its own CPU share; through the path, the worker's event loop, Redis and "
-    "the gateway are such processes.",
-    "- **Why the batched engine gives up some speed for load-independent answers.** On "
-    "this CPU ggml's repacked Q4_K kernels multiply a batch's rows in groups of four "
-    "(gemm) and the rest one by one (gemv), and those disagree: three of four sequences "
-    "in a group saw greedy logits move by up to 0.6. A decode of 8 or more rows takes "
-    "yet another path whose logits moved by 1.3 to 26 (probes run while building the "
-    "engine: one sequence's logits decoded alone vs in a batch). Either way, the same "
-    "prompt would get a "
-    "different answer depending on how many other requests run. The engine therefore "
-    "loads weights without repacking (measured free on this CPU: 159 vs 163 tok/s for 8 "
-    "rows in one decode) and decodes at most 7 sequences per call (8 = 4 + 4, about a "
-    "third slower than one call of 8). The row 'fast kernels' shows the engine without "
-    "both rules. tests/test_engine_batched.py checks the result token for token against "
-    "the single-sequence llama engine at 1, 4 and 8 concurrent sequences (reference "
-    "loaded with the same kernels), and alone vs among 7 others.",
-    "- **Near-ties.** Where the model's top logits are within ~0.01, the high-level API "
-    'and the batched engine can still pick different tokens ("Explain gravity in one '
-    'sentence." at token 8): the engines call llama.cpp through different code paths. '
-    "The batched engine's own answer does not change with the load.",
-    "- **Likely causes of the missed goals** (from probes while writing the suite):",
-    "  - *Batched engine vs C++, one stream*: llama-bench's tg figure is decode only; the "
-    "engine also copies and argmaxes a 262k-entry logit row, detokenizes and hands each "
-    "token to the event loop per step, and loses time to the other processes on two "
-    "cores. Its raw decode loop (no Python per token) ran at ~70 tok/s vs ~79 for C++.",
-    "  - *Concurrency*: on this CPU a decode of 2 rows costs ~2x one row (28 vs 14 ms), "
-    "4 rows ~38 ms, 8 rows ~50 ms in one call but ~77 ms as 4 + 4 (the batch-invariance "
-    "rule above); prompts are prefilled one per step, on their own. So 4 clients top "
-    "out near 105 tok/s and 8 near the same; the load-dependent 'fast kernels' row "
-    "(one call for all 8) shows what the rule costs. The C++ S_TG figure excludes "
-    "prompt processing.",
-    "  - *Relay*: with 1000 streams the single echo worker process (one Python event "
-    "loop appending every job's tokens to Redis) and the client share the two cores "
-    "with the gateway; the gateway itself was not saturated (see its CPU share). The "
-    "'per gateway core' column is the gateway's measured cost per token, extrapolated "
-    "to one busy core; it is an estimate, not a measurement of 20,000 tok/s delivered.",
-    "- **No GPU figures.** The suite measures the machine it runs on; the issue's H100 "
-    "part was not run (no GPU was lent to the session that wrote this suite).",
+    "share two cores, and other work may run on the machine during the run (see the load "
+    "averages): repeated runs move single figures by 10-30%. llama.cpp's threads spin at "
+    "barriers and between decodes, so any other busy process or thread on the two cores "
+    "slows a decode step more than its own CPU share; through the path, the worker's "
+    "event loop, Redis and the gateway are such processes.",
+    "- **In-process figures run in fresh processes.** A llama.cpp context measured after "
+    "another one in the same process ran up to 40% slower (the first one's threads and "
+    "memory stay behind); each in-process measurement now has a process of its own.",
+    "- **BATCH_INVARIANT.** On this CPU ggml's repacked Q4_K kernels multiply a batch's "
+    "rows in groups of four and the rest one by one, and those round differently; a "
+    "decode of 8 or more rows takes the llamafile (tinyBLAS) kernels for the Q5_0/Q8_0 "
+    "tensors, which round differently again. With `BATCH_INVARIANT=true` (the default) "
+    "the engine loads weights without repacking, decodes at most 7 rows per call (8 = "
+    "4 + 4) and prefills each prompt in decodes of its own, cut at multiples of 128 "
+    "tokens: a sequence's numbers never depend on the others, and tests check it token "
+    "for token (alone vs among 7 others, and against the single-sequence engine). With "
+    "`false` every row and up to 128 prompt tokens go into one decode with the repacked "
+    "kernels: the rows 'BATCH_INVARIANT=false' show what the guarantee costs (about 7% "
+    "at 4 clients, a third at 8).",
+    "- **Flash attention** is on in both engines (and in the llama engine's reference in "
+    "the tests): a 4-row CPU decode took 30.6 ms with it vs 33.7 without.",
+    "- **The C++ rows** are llama-batched-bench's S_TG: generation only, the prompts' "
+    "processing excluded, while our aggregate includes each stream's prefill (its TTFT). "
+    "At 4 clients that prefill is about 7% of the round.",
+    "- **Where the first token's time goes** (batched engine in process, a ~20-token "
+    "prompt, medians; measured while writing this suite): rendering and tokenizing 0.4 ms, "
+    "hand-off to the decode thread 0.04 ms, the prefill decode ~37 ms, sampling the first "
+    "token 0.3 ms. What the path added before this suite's changes came from the llama "
+    "engine decoding the prompt's last token in a decode of its own (one more decode, "
+    "~20 ms), a hop to a worker thread for the prompt's rendering (~2.5 ms while "
+    "llama.cpp's threads spin), and in-process baselines measured in a process already "
+    "slowed by an earlier context.",
+    "- **Prefix reuse** needs every position of the sliding-window layers kept "
+    "(`swa_full`): a window-sized cache reuses the cells of positions that left the "
+    "window, so a prefix could not be taken back once its sequence moved on. That is "
+    "the per-slot memory in figure 5; `PREFIX_CACHE=false` gives it back.",
     "- **The peer.** llama_cpp.server serves one request at a time: a new request "
     "interrupts the running stream, which ends without a finish_reason (the errors in "
     "its 4-client row).",
@@ -464,9 +459,20 @@ def markdown(results: dict[str, Any], chart_name: str) -> str:
     return "\n".join(lines)
 
 
+# Sections after this line in the report are the figures of the `--only-...`
+# runs (retrieval, scheduling, cluster), pasted by hand: a full run keeps them.
+KEEP_MARKER = "<!-- sections below come from their own runs; `just bench` keeps them -->"
+
+
 def write(results: dict[str, Any], out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_name(out.stem + "-throughput.png")
     chart(results, png)
-    out.write_text(markdown(results, png.name))
+    kept = ""
+    if out.exists():
+        old = out.read_text()
+        if KEEP_MARKER in old:
+            kept = old[old.index(KEEP_MARKER) :]
+    text = markdown(results, png.name)
+    out.write_text(text + ("\n" + kept if kept else ""))
     return png
