@@ -42,7 +42,7 @@ RUNTIME_OVERHEAD = 1 * GiB
 FREE_MARGIN = 0.9
 # On a CPU one decode step reads every weight once whatever the number of
 # rows, so rows are nearly free until the step turns compute-bound: measured
-# with the bundled model on 2 cores, 4 sequences make 2.3x the tokens of one,
+# with the bundled model on 2 cores, 4 sequences make 2.4x the tokens of one,
 # 8 sequences no more than 4 (docs/benchmarks.md). Four slots take most of
 # that gain without slowing each stream much (llama-server's default too);
 # more cores move the knee further out, so set a number there.

@@ -28,6 +28,7 @@ except through that thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections import deque
@@ -81,6 +82,11 @@ CPU_MAX_ROWS = 7
 # first token on 2 cores, where llama.cpp's threads spin between decodes and
 # a newly woken thread waits for a core.
 INLINE_PREPARE_CHARS = 4096
+
+
+def _deliver(batch: list[tuple[asyncio.Queue, object]]) -> None:
+    for inbox, item in batch:
+        inbox.put_nowait(item)
 
 
 def _prompt_size(request: JobRequest) -> int:
@@ -155,6 +161,9 @@ class BatchedEngine:
         self._lock = threading.Condition()
         self._waiting: deque[BatchJob] = deque()
         self._free_ids = list(range(self.slots))
+        # What the decode thread emitted during the current step, handed to
+        # the event loop in one call when the step ends (_flush).
+        self._outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, object]] = []
         self._closed = False
         self.steps = 0  # decode steps run (for tests and benchmarks)
         self.prefilled = 0  # tokens decoded as prefill (n choices share theirs)
@@ -197,8 +206,8 @@ class BatchedEngine:
         inbox: asyncio.Queue[Piece | Done | BaseException] = asyncio.Queue()
 
         def emit(item: Piece | Done | BaseException) -> None:
-            # Never blocks the decode thread on the loop.
-            loop.call_soon_threadsafe(inbox.put_nowait, item)
+            # Called on the decode thread: held until the step ends (_flush).
+            self._outbox.append((loop, inbox, item))
 
         if _prompt_size(request) <= INLINE_PREPARE_CHARS:
             job, ready = self._prepare(request, resume, cancel, emit)
@@ -273,6 +282,7 @@ class BatchedEngine:
                     active.extend(job.seqs)
             try:
                 active = self._step(active)
+                self._flush()
             except Exception as exc:  # a decode fault fails the jobs in it
                 jobs = {seq.job: None for seq in active}
                 for job in jobs:  # their slots' KV is suspect: nothing of it is reused
@@ -286,8 +296,25 @@ class BatchedEngine:
                         else EngineError(f"decode failed: {exc}")
                     )
                 active = []
+                self._flush()
         for job in {seq.job: None for seq in active} | {job: None for job in waiting}:
             job.emit(EngineError("the engine is closed"))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand the step's items to their event loops: one wake-up of each
+        loop per step, not one per token (each costs a system call and a
+        turn of the loop, on the cores the decode needs). Never blocks the
+        decode thread on a loop."""
+        if not self._outbox:
+            return
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, object]]] = {}
+        for loop, inbox, item in self._outbox:
+            batches.setdefault(loop, []).append((inbox, item))
+        self._outbox = []
+        for loop, batch in batches.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_deliver, batch)
 
     def _place(self, job: BatchJob) -> None:
         """Give each of the job's sequences a free slot; start the prompt
