@@ -51,5 +51,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
+# The benchmarks' peer (llama_cpp.server) needs the server extra.
+if [ "${1:-}" = "bench" ] && ! .venv/bin/python -c "import llama_cpp.server.app" 2>/dev/null; then
+    echo ">> installing the benchmark peer (llama-cpp-python[server])" >&2
+    # llama-cpp-python itself is installed already (the wheel above): pip
+    # adds only the server's dependencies.
+    .venv/bin/python -m pip install -q -e '.[dev,bench]'
+fi
+
 [ "$#" -gt 0 ] || set -- --list
 exec .venv/bin/just "$@"
