@@ -166,6 +166,8 @@ async def _serve(
         tg.start_soon(lease.keep, fail)
         cap = capacity_mod.resolve(worker_settings.worker_concurrency, engine_settings)
         log.info("capacity: %d slot(s) on %s (%s)", cap.slots, cap.gpu, cap.reason)
+        for line in capacity_mod.unused_settings(engine_settings, os.environ):
+            log.warning("%s", line)
         notifier.status(f"loading {engine_settings.model_name} for {cap.slots} slot(s)")
         engine_settings = msgspec.structs.replace(engine_settings, slots=cap.slots)
         # Watched: a decode that stops making progress counts as a dead engine.

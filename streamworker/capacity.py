@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -151,6 +152,25 @@ def engine_limit(settings: EngineSettings | None) -> tuple[int, str]:
     if settings is not None and settings.engine == "echo" and not settings.echo_concurrent:
         return 1, "the echo double runs one job at a time (ECHO_CONCURRENT for more)"
     return AUTO_MAX_SLOTS, f"auto stops at {AUTO_MAX_SLOTS} (set a number for more)"
+
+
+# Settings only the batched engine reads, and what another engine does instead.
+BATCHED_ONLY = {
+    "BATCH_INVARIANT": "its answers never depend on the load anyway",
+    "PREFIX_CACHE": "it evaluates every prompt from the start",
+}
+
+
+def unused_settings(settings: EngineSettings, env: Mapping[str, str]) -> list[str]:
+    """A line for each batched-engine setting set in `env` that this engine
+    cannot honour: the worker logs them at start rather than ignore them."""
+    if settings.engine == "batched":
+        return []
+    return [
+        f"{name} is set but ENGINE={settings.engine} does not use it: {why}"
+        for name, why in BATCHED_ONLY.items()
+        if env.get(name, "") != ""
+    ]
 
 
 def _capped(slots: int, settings: EngineSettings | None, inputs: list[tuple[str, str]]) -> int:

@@ -179,6 +179,18 @@ def test_a_number_the_engine_cannot_run_is_clamped_loudly(
             resolve(bad)
 
 
+def test_batched_only_settings_on_another_engine_are_named() -> None:
+    """Set for an engine that cannot honour them: a line each for the
+    worker's start-up WARNING, never silence."""
+    env = {"PREFIX_CACHE": "true", "BATCH_INVARIANT": "false", "MODEL_NAME": "m"}
+    lines = capacity.unused_settings(EngineSettings(engine="llama"), env)
+    assert len(lines) == 2
+    assert lines[0].startswith("BATCH_INVARIANT is set but ENGINE=llama does not use it")
+    assert lines[1].startswith("PREFIX_CACHE is set but ENGINE=llama")
+    assert capacity.unused_settings(EngineSettings(engine="batched"), env) == []
+    assert capacity.unused_settings(EngineSettings(engine="llama"), {"PREFIX_CACHE": ""}) == []
+
+
 def test_reads_the_bundled_gguf_header() -> None:
     from streamworker.engines.model_file import resolve_model_path
 
