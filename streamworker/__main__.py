@@ -177,6 +177,7 @@ async def _serve(
         )
         embedder = Embedder(embedding_settings)
         metrics.capacity.set(cap.slots)
+        metrics.watch_engine(engine.inner)
         consumer = JobConsumer(
             redis,
             Scripts(redis),

@@ -12,12 +12,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 from wsgiref.simple_server import WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 log = logging.getLogger("streamworker.metrics")
@@ -35,6 +36,22 @@ def key_label(owner: str) -> str:
     """The owner is the name of a key in the gateway's keys file (or none), so
     the label's values are bounded by the configured keys."""
     return owner or ANONYMOUS
+
+
+# (metric, engine attribute, help): counters the batched engine keeps.
+ENGINE_COUNTERS = (
+    (
+        "streamworker_prefix_cache_queries",
+        "queried",
+        "Prompt tokens of jobs that looked for a cached prefix",
+    ),
+    (
+        "streamworker_prefix_cache_hits",
+        "reused",
+        "Prompt tokens taken from the prefix cache instead of prefilled",
+    ),
+    ("streamworker_prefill_tokens", "prefilled", "Prompt tokens prefilled (decoded)"),
+)
 
 
 class WorkerMetrics:
@@ -101,6 +118,21 @@ class WorkerMetrics:
             buckets=TOKEN_BUCKETS,
             registry=r,
         )
+
+    def watch_engine(self, engine: object) -> None:
+        """Export the engine's own counters, read when scraped: prompt tokens
+        that looked for a cached prefix, those the prefix cache supplied,
+        and those prefilled (vLLM's prefix_cache_queries and _hits)."""
+        registry = self.registry
+
+        class EngineCounters:
+            def collect(self) -> Iterator[CounterMetricFamily]:
+                for name, attr, doc in ENGINE_COUNTERS:
+                    value = getattr(engine, attr, None)
+                    if isinstance(value, int):
+                        yield CounterMetricFamily(name, doc, value=value)
+
+        registry.register(EngineCounters())  # type: ignore[arg-type]
 
     def serve(
         self,

@@ -9,12 +9,15 @@ import asyncio
 import threading
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from streamworker.engines.base import Done
 from streamworker.engines.prefix_cache import SlotCache, common_prefix
 from streamworker.protocol.wire import GenerationParams, JobRequest, Message
 from streamworker.settings import EngineSettings
+from tests.conftest import client_for
+from tests.harness import free_port
 
 # ~600 tokens of shared context: four whole 128-token prefill chunks and a
 # part of a fifth.
@@ -187,3 +190,36 @@ def test_next_turn_reuses_the_previous_answer() -> None:
         assert reused > first_len  # the prompt and (part of) the answer
     finally:
         engine.close()
+
+
+def test_prefix_cache_through_the_path(start_gateway, start_worker) -> None:  # type: ignore[no-untyped-def]
+    """The default worker behind the gateway: a request repeating an earlier
+    one's context gets the same answer from the cached prefix, and the
+    worker's metrics count the tokens the cache supplied."""
+    port = free_port()
+    start_worker(name="prefix", MODEL_N_THREADS="2", WORKER_METRICS_PORT=str(port))
+    client = client_for(start_gateway(), timeout=120)
+
+    def ask(question: str) -> str:
+        out = client.chat.completions.create(
+            model="gemma-3-270m",
+            messages=[
+                {"role": "system", "content": CONTEXT},
+                {"role": "user", "content": question},
+            ],
+            max_tokens=16,
+            temperature=0,
+        )
+        return out.choices[0].message.content or ""
+
+    first = ask(QUESTIONS[0])  # computes the context: nothing cached yet
+
+    def counter(name: str) -> float:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        (line,) = [x for x in text.splitlines() if x.startswith(name + " ")]
+        return float(line.split()[1])
+
+    assert counter("streamworker_prefix_cache_hits_total") == 0
+    assert ask(QUESTIONS[0]) == first  # the same prompt, its context from the cache
+    assert counter("streamworker_prefix_cache_hits_total") >= 512
+    assert counter("streamworker_prefix_cache_queries_total") >= 2 * 512

@@ -168,6 +168,7 @@ class BatchedEngine:
         self.steps = 0  # decode steps run (for tests and benchmarks)
         self.prefilled = 0  # tokens decoded as prefill (n choices share theirs)
         self.reused = 0  # prompt tokens taken from the prefix cache instead
+        self.queried = 0  # prompt tokens of jobs that looked in the prefix cache
         self._thread = threading.Thread(target=self._run, name="batched-decode", daemon=True)
         self._thread.start()
 
@@ -323,6 +324,7 @@ class BatchedEngine:
         reuse = None
         if self.cache is not None and job.echo_logprobs is None:
             reuse = self.cache.best(free, job.prompt)
+            self.queried += len(job.prompt)
         for seq in job.seqs:
             # The lowest free id keeps running sequences on neighbouring KV
             # streams (see _step).
