@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -54,7 +55,9 @@ def load(path: Path) -> dict:
 def exported_names() -> set[str]:
     """Every series name the gateway and the worker can export."""
     names: set[str] = set()
-    for registry in (GatewayMetrics().registry, WorkerMetrics().registry):
+    worker = WorkerMetrics()
+    worker.watch_engine(SimpleNamespace(queried=0, reused=0, prefilled=0))
+    for registry in (GatewayMetrics().registry, worker.registry):
         for family in registry.collect():
             assert isinstance(family, Metric)
             suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}
