@@ -134,6 +134,43 @@ def test_answer_does_not_depend_on_the_load(batched: BatchedEngine) -> None:
     assert crowded.tokens == alone.tokens
 
 
+def test_prompts_arriving_together_start_together(
+    batched: BatchedEngine, reference: dict[str, Run]
+) -> None:
+    """Short prompts that arrive at once are all prefilled in the first step
+    (each in a decode of its own): every one has its first token before any
+    has its second, and the answers stay the reference's."""
+    prompts = PROMPTS[:3]
+    order: list[tuple[int, int]] = []  # (prompt, its tokens so far), as they arrive
+
+    def note(i: int) -> object:
+        return lambda run: order.append((i, len(run.tokens)))
+
+    async def main() -> list[Run]:
+        # Holding the engine's lock keeps the decode thread from taking the
+        # first job before the others are queued.
+        batched._lock.acquire()
+        try:
+            tasks = [
+                asyncio.create_task(collect(batched, p, on_piece=note(i)))
+                for i, p in enumerate(prompts)
+            ]
+            for _ in range(1000):  # each task queues its job at its first turn
+                if len(batched._waiting) == len(prompts):
+                    break
+                await asyncio.sleep(0.001)
+            assert len(batched._waiting) == len(prompts)
+        finally:
+            batched._lock.release()
+        return list(await asyncio.gather(*tasks))
+
+    runs = asyncio.run(main())
+    second = next(at for at, (_, n) in enumerate(order) if n == 2)
+    assert sorted(i for i, n in order[:second] if n == 1) == [0, 1, 2], order
+    for prompt, run in zip(prompts, runs, strict=True):
+        assert run.tokens == reference[prompt].tokens
+
+
 def test_max_tokens_and_stop_string(batched: BatchedEngine, reference: dict[str, Run]) -> None:
     prompt = PROMPTS[0]
     want = reference[prompt]

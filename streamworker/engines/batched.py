@@ -10,8 +10,8 @@ that starts the same way reuses it (prefix_cache.py).
 Two ways to step, chosen by BATCH_INVARIANT:
 
 - invariant (the default): a sequence's answer does not depend on what else
-  runs. On the CPU, generating rows go in decodes of at most 7 rows and a
-  prompt chunk in a decode of its own (see CPU_MAX_ROWS and _step).
+  runs. On the CPU, generating rows go in decodes of at most 7 rows and
+  each prompt chunk in a decode of its own (see CPU_MAX_ROWS and _step).
 - mixed: every generating row and up to STEP_TOKENS of joining prompts in
   one decode, with ggml's fastest (repacked) kernels: the most tokens per
   second, but greedy answers may change with the load.
@@ -58,11 +58,13 @@ from streamworker.tokenizer import PromptBuilder, quiet_llama_logs
 
 # Prompt tokens decoded between two generating steps, and the most tokens
 # one mixed step holds. A decode's time grows with its token count, so this
-# bounds how long a joining prompt delays the others' next token: by one
+# bounds how long joining prompts delay the others' next token: by one
 # decode of 128 tokens (about 0.2 s for the bundled model on 2 CPU cores,
-# docs/benchmarks.md). Invariant prefill chunks start at multiples of it, so
-# it is also the grain of exact prefix reuse (prefix_cache.py): 128 tokens
-# prefill only ~5% slower than 256 here, and lose half as much of a prefix.
+# docs/benchmarks.md), plus one pass over the weights (~20 ms) for each
+# further prompt that shares those 128 tokens in invariant mode. Invariant
+# prefill chunks start at multiples of it, so it is also the grain of exact
+# prefix reuse (prefix_cache.py): 128 tokens prefill only ~5% slower than
+# 256 here, and lose half as much of a prefix.
 PREFILL_CHUNK = 128
 STEP_TOKENS = PREFILL_CHUNK
 # A prefix shorter than this is not worth a copy of a whole KV stream (tens
@@ -420,17 +422,24 @@ class BatchedEngine:
                 n = self._add(n, seq.next_token, seq, logits=True)
             self._decode(n)
             self._sampled(group, running)
-        # Then one chunk of one joining prompt, in a decode of its own: ggml's
-        # CPU kernels round differently depending on where a token sits in a
+        # Then joining prompts, each chunk in a decode of its own: ggml's CPU
+        # kernels round differently depending on where a token sits in a
         # batch, so a prompt decoded on its own, in chunks that start at
         # multiples of PREFILL_CHUNK, gives the same logits however many
         # other sequences run, and whether or not its prefix came from the
-        # prefix cache (prefix_cache.py).
-        if joining:
-            seq = joining[0]
+        # prefix cache (prefix_cache.py). Several prompts' chunks go in one
+        # step while they fit in PREFILL_CHUNK tokens together (at least one
+        # goes): clients that arrive at once start generating together, not
+        # one step apart, and each first token leaves as soon as it exists.
+        budget = PREFILL_CHUNK
+        for seq in joining:
             take = min(len(seq.feed), PREFILL_CHUNK - seq.n_past % PREFILL_CHUNK)
+            if take > budget:
+                break
+            budget -= take
             self._decode(self._add_prompt(0, seq, take))
             self._prompt_decoded(seq, running)
+            self._flush()
         return running
 
     def _mixed_step(self, generating: list[Seq], joining: list[Seq], running: list[Seq]) -> None:
