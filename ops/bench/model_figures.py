@@ -88,6 +88,12 @@ def _round(name: str, clients: int, streams: list[load.Stream], wall: float, tok
     )
 
 
+def _median_round(rounds: list[Round]) -> Round:
+    """Of rounds at one level, the one with the median aggregate: one round
+    of a few seconds moves by several percent with the machine's noise."""
+    return sorted(rounds, key=lambda r: r.aggregate)[(len(rounds) - 1) // 2]
+
+
 def inprocess_highlevel(
     model_path: str, threads: int, n_ctx: int, tokens: int, repeats: int
 ) -> Single:
@@ -174,9 +180,12 @@ def inprocess_batched(
         singles = [await one(PROMPTS[i % len(PROMPTS)]) for i in range(repeats + 1)][1:]
         rounds = []
         for n in levels:
-            t0 = time.perf_counter()
-            streams = await asyncio.gather(*(one(PROMPTS[i % len(PROMPTS)]) for i in range(n)))
-            rounds.append(_round(label, n, list(streams), time.perf_counter() - t0, tokens))
+            tries = []
+            for _ in range(max(repeats, 1)):
+                t0 = time.perf_counter()
+                streams = await asyncio.gather(*(one(PROMPTS[i % len(PROMPTS)]) for i in range(n)))
+                tries.append(_round(label, n, list(streams), time.perf_counter() - t0, tokens))
+            rounds.append(_median_round(tries))
         return singles, rounds
 
     try:
@@ -214,12 +223,15 @@ def through_path(
         single = _single(name, asyncio.run(singles()))
         rounds = []
         for n in levels:
-            streams, wall = asyncio.run(
-                load.concurrent(
-                    gw.url, MODEL, [PROMPTS[i % len(PROMPTS)] for i in range(n)], tokens
+            tries = []
+            for _ in range(max(repeats, 1)):
+                streams, wall = asyncio.run(
+                    load.concurrent(
+                        gw.url, MODEL, [PROMPTS[i % len(PROMPTS)] for i in range(n)], tokens
+                    )
                 )
-            )
-            rounds.append(_round(name, n, streams, wall, tokens))
+                tries.append(_round(name, n, streams, wall, tokens))
+            rounds.append(_median_round(tries))
         stat = load.ProcStat(w.pid)
         memory = {"rss_mib": stat.rss_mib(), "peak_rss_mib": stat.peak_rss_mib()}
     return single, rounds, memory
@@ -369,8 +381,13 @@ def peer(
         single = _single("llama_cpp.server (the peer)", asyncio.run(singles()))
         rounds = []
         for n in levels:
-            streams, wall = asyncio.run(
-                load.concurrent(url, "peer", [PROMPTS[i % len(PROMPTS)] for i in range(n)], tokens)
-            )
-            rounds.append(_round("llama_cpp.server", n, streams, wall, tokens))
+            tries = []
+            for _ in range(max(repeats, 1)):
+                streams, wall = asyncio.run(
+                    load.concurrent(
+                        url, "peer", [PROMPTS[i % len(PROMPTS)] for i in range(n)], tokens
+                    )
+                )
+                tries.append(_round("llama_cpp.server", n, streams, wall, tokens))
+            rounds.append(_median_round(tries))
     return single, rounds

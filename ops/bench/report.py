@@ -32,8 +32,10 @@ NOTES = [
     "tensors, which round differently again. With `BATCH_INVARIANT=true` (the default) "
     "the engine loads weights without repacking, decodes at most 7 rows per call (8 = "
     "4 + 4) and prefills each prompt in decodes of its own, cut at multiples of 128 "
-    "tokens: a sequence's numbers never depend on the others, and tests check it token "
-    "for token (alone vs among 7 others, and against the single-sequence engine). With "
+    "tokens (short prompts that arrive together share a step's 128 tokens, one decode "
+    "each, and start generating together): a sequence's numbers never depend on the "
+    "others, and tests check it token for token (alone vs among 7 others, and against "
+    "the single-sequence engine). With "
     "`false` every row and up to 128 prompt tokens go into one decode with the repacked "
     "kernels: the rows 'BATCH_INVARIANT=false' show what the guarantee costs (about 7% "
     "at 4 clients, a third at 8).",
@@ -413,7 +415,9 @@ def markdown(results: dict[str, Any], chart_name: str) -> str:
         f"![aggregate tok/s against concurrency]({chart_name})",
         "",
         "aggregate tok/s = tokens of all streams / wall time of the round (prefill "
-        "included). completed = streams that ended with a finish_reason and all "
+        f"included); each row is the median of {meta['repeats']} rounds at that level "
+        "(the round with the median aggregate, its TTFTs with it). completed = streams "
+        "that ended with a finish_reason and all "
         f"{meta['tokens']} tokens. The C++ rows are llama-batched-bench's S_TG: generation "
         "only, the prompts' processing excluded, so they flatter the C++ side a little.",
         "",
