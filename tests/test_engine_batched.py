@@ -115,7 +115,7 @@ def test_greedy_tokens_equal_single_sequence_engine(
         assert run.tokens == want.tokens, prompt
         assert run.text == want.text
         assert run.done == want.done
-    assert sorted(batched._free_ids) == list(range(8))  # every slot given back
+    assert sorted(batched.decoder._free_ids) == list(range(8))  # every slot given back
 
 
 def test_answer_does_not_depend_on_the_load(batched: BatchedEngine) -> None:
@@ -149,19 +149,19 @@ def test_prompts_arriving_together_start_together(
     async def main() -> list[Run]:
         # Holding the engine's lock keeps the decode thread from taking the
         # first job before the others are queued.
-        batched._lock.acquire()
+        batched.decoder._lock.acquire()
         try:
             tasks = [
                 asyncio.create_task(collect(batched, p, on_piece=note(i)))
                 for i, p in enumerate(prompts)
             ]
             for _ in range(1000):  # each task queues its job at its first turn
-                if len(batched._waiting) == len(prompts):
+                if len(batched.decoder._waiting) == len(prompts):
                     break
                 await asyncio.sleep(0.001)
-            assert len(batched._waiting) == len(prompts)
+            assert len(batched.decoder._waiting) == len(prompts)
         finally:
-            batched._lock.release()
+            batched.decoder._lock.release()
         return list(await asyncio.gather(*tasks))
 
     runs = asyncio.run(main())
@@ -222,7 +222,7 @@ def test_abandoned_generator_frees_its_slot(batched: BatchedEngine) -> None:
         await gen.aclose()
 
     asyncio.run(main())
-    assert sorted(batched._free_ids) == list(range(8))
+    assert sorted(batched.decoder._free_ids) == list(range(8))
 
 
 def test_resume_continues_exactly(batched: BatchedEngine, reference: dict[str, Run]) -> None:

@@ -193,7 +193,7 @@ def test_batched_n_choices_share_one_prefill() -> None:
         out = run(engine, GenerationParams(max_tokens=3, temperature=0.7, n=4))
         assert out.done is not None
         assert engine.prefilled - before == out.done.prompt_tokens  # once, not 4 times
-        assert sorted(engine._free_ids) == [0, 1, 2, 3]
+        assert sorted(engine.decoder._free_ids) == [0, 1, 2, 3]
         with pytest.raises(TooManyChoices):
             run(engine, GenerationParams(max_tokens=3, n=5))
     finally:

@@ -150,7 +150,7 @@ def test_prefix_copied_from_another_slot(invariant: bool, uncached: dict[str, li
             await started.wait()
             await tokens(engine, messages("What did the ledger record?"), 4)  # slot 1
             await task
-            assert engine.cache is not None and engine.cache.tokens[1]
+            assert engine.decoder.cache is not None and engine.decoder.cache.tokens[1]
             return await tokens(engine, messages(QUESTIONS[0]))
 
         before = engine.reused
