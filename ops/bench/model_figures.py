@@ -94,6 +94,40 @@ def _median_round(rounds: list[Round]) -> Round:
     return sorted(rounds, key=lambda r: r.aggregate)[(len(rounds) - 1) // 2]
 
 
+def _level_prompts(n: int) -> list[str]:
+    return [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+
+
+def _over_http(
+    url: str, model: str, name: str, round_name: str, tokens: int, repeats: int, levels: list[int]
+) -> tuple[Single, list[Round]]:
+    """Single streams against an OpenAI-style server (the first one warms it
+    up), then at each level the median of `repeats` rounds of that many
+    concurrent clients."""
+
+    async def singles() -> list[load.Stream]:
+        async with load.session() as s:
+            return [
+                await load.stream_chat(s, url, model, prompt, tokens)
+                for prompt in _level_prompts(repeats + 1)
+            ][1:]
+
+    single = _single(name, asyncio.run(singles()))
+    rounds = []
+    for n in levels:
+        tries = [
+            _round(
+                round_name,
+                n,
+                *asyncio.run(load.concurrent(url, model, _level_prompts(n), tokens)),
+                tokens,
+            )
+            for _ in range(max(repeats, 1))
+        ]
+        rounds.append(_median_round(tries))
+    return single, rounds
+
+
 def inprocess_highlevel(
     model_path: str, threads: int, n_ctx: int, tokens: int, repeats: int
 ) -> Single:
@@ -177,13 +211,13 @@ def inprocess_batched(
         return out
 
     async def main() -> tuple[list[load.Stream], list[Round]]:
-        singles = [await one(PROMPTS[i % len(PROMPTS)]) for i in range(repeats + 1)][1:]
+        singles = [await one(p) for p in _level_prompts(repeats + 1)][1:]
         rounds = []
         for n in levels:
             tries = []
             for _ in range(max(repeats, 1)):
                 t0 = time.perf_counter()
-                streams = await asyncio.gather(*(one(PROMPTS[i % len(PROMPTS)]) for i in range(n)))
+                streams = await asyncio.gather(*(one(p) for p in _level_prompts(n)))
                 tries.append(_round(label, n, list(streams), time.perf_counter() - t0, tokens))
             rounds.append(_median_round(tries))
         return singles, rounds
@@ -212,26 +246,7 @@ def through_path(
         stack.worker(server, workdir, label or "default", MODEL_NAME=MODEL, **worker_env) as w,
         stack.gateway(server, workdir) as gw,
     ):
-
-        async def singles() -> list[load.Stream]:
-            async with load.session() as s:
-                return [
-                    await load.stream_chat(s, gw.url, MODEL, PROMPTS[i % len(PROMPTS)], tokens)
-                    for i in range(repeats + 1)
-                ][1:]
-
-        single = _single(name, asyncio.run(singles()))
-        rounds = []
-        for n in levels:
-            tries = []
-            for _ in range(max(repeats, 1)):
-                streams, wall = asyncio.run(
-                    load.concurrent(
-                        gw.url, MODEL, [PROMPTS[i % len(PROMPTS)] for i in range(n)], tokens
-                    )
-                )
-                tries.append(_round(name, n, streams, wall, tokens))
-            rounds.append(_median_round(tries))
+        single, rounds = _over_http(gw.url, MODEL, name, name, tokens, repeats, levels)
         stat = load.ProcStat(w.pid)
         memory = {"rss_mib": stat.rss_mib(), "peak_rss_mib": stat.peak_rss_mib()}
     return single, rounds, memory
@@ -370,24 +385,6 @@ def peer(
 ) -> tuple[Single, list[Round]]:
     """llama_cpp.server: the same engine behind its own FastAPI server."""
     with stack.peer_server(model_path, threads, n_ctx, workdir) as url:
-
-        async def singles() -> list[load.Stream]:
-            async with load.session() as s:
-                return [
-                    await load.stream_chat(s, url, "peer", PROMPTS[i % len(PROMPTS)], tokens)
-                    for i in range(repeats + 1)
-                ][1:]
-
-        single = _single("llama_cpp.server (the peer)", asyncio.run(singles()))
-        rounds = []
-        for n in levels:
-            tries = []
-            for _ in range(max(repeats, 1)):
-                streams, wall = asyncio.run(
-                    load.concurrent(
-                        url, "peer", [PROMPTS[i % len(PROMPTS)] for i in range(n)], tokens
-                    )
-                )
-                tries.append(_round("llama_cpp.server", n, streams, wall, tokens))
-            rounds.append(_median_round(tries))
-    return single, rounds
+        return _over_http(
+            url, "peer", "llama_cpp.server (the peer)", "llama_cpp.server", tokens, repeats, levels
+        )
